@@ -1,0 +1,1 @@
+"""The accelerate training entry point and its parts: arguments, data, models and losses."""

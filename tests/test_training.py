@@ -1,0 +1,179 @@
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+import diffusers_ext  # noqa: F401
+from diffusers_ext import PosteriorScheduler
+from diffusers_ext.core.parameterization import convert
+from diffusers_ext.core.weighting import loss_weight
+from diffusers_ext.training import main as training_main
+from diffusers_ext.training.args import parse_args
+from diffusers_ext.training.data import prepare_training_data
+from diffusers_ext.training.losses import denoiser_loss, drop_labels
+
+TINY_MODEL = ["--block_out_channels", "8", "16", "--norm_num_groups", "4", "--resolution", "8"]
+
+
+def tiny_args(output_dir, *extra):
+    return [
+        "--dataset_name", "mnist-5k", "--max_train_samples", "64", "--train_batch_size", "16",
+        "--max_train_steps", "3", "--logging_steps", "1", "--output_dir", str(output_dir), *TINY_MODEL, *extra,
+    ]  # fmt: skip
+
+
+class RecordingUnet(torch.nn.Module):
+    """Stands in for a UNet2DModel: records its inputs and predicts zeros."""
+
+    def forward(self, sample, timestep, class_labels=None):
+        self.sample, self.timestep = sample, timestep
+        return SimpleNamespace(sample=torch.zeros_like(sample))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr", "elbo"])
+def test_denoiser_loss_regresses_on_target(prediction_type, weighting):
+    scheduler = PosteriorScheduler(prediction_type=prediction_type)
+    unet = RecordingUnet()
+    x0 = torch.rand(8, 1, 4, 4) * 2 - 1
+    torch.manual_seed(0)
+    loss, per_sample, timesteps = denoiser_loss(unet, scheduler, x0, None, prediction_type, weighting, 5.0)
+
+    alphabar = scheduler.alphas_cumprod[timesteps].double().reshape(-1, 1, 1, 1)
+    target = convert(x0.double(), unet.sample.double(), alphabar, "sample", prediction_type)
+    expected_mse = target.pow(2).mean(dim=(1, 2, 3))
+    weights = loss_weight(weighting, scheduler.alphas_cumprod.double(), timesteps, prediction_type, 5.0)
+    np.testing.assert_allclose(per_sample.numpy(), expected_mse.numpy(), rtol=1e-4)
+    assert loss.item() == pytest.approx((weights * expected_mse).mean().item(), rel=1e-4)
+
+
+def test_drop_labels_rate():
+    torch.manual_seed(0)
+    dropped = drop_labels(torch.zeros(20000, dtype=torch.long), 0.25, null_class=10)
+    assert set(dropped.unique().tolist()) == {0, 10}
+    assert (dropped == 10).float().mean().item() == pytest.approx(0.25, abs=0.015)
+    assert torch.equal(drop_labels(torch.ones(5, dtype=torch.long), 0.0, 10), torch.ones(5, dtype=torch.long))
+
+
+def test_mnist_data_padded_to_32():
+    args = parse_args(["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1"])
+    data = prepare_training_data(args)
+    example = data.dataset[0]
+    assert data.num_channels == 1
+    assert data.num_classes == 10
+    assert example["pixel_values"].shape == (1, 32, 32)
+    assert example["pixel_values"].min() == -1
+    assert example["pixel_values"].max() <= 1
+    border = torch.cat([example["pixel_values"][0, :2].flatten(), example["pixel_values"][0, -2:].flatten()])
+    assert torch.all(border == -1)  # the 2-pixel padding is black
+    assert example["labels"] == 0
+
+
+def test_mnist_data_resized_below_28():
+    args = parse_args(["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--resolution", "16"])
+    assert prepare_training_data(args).dataset[100]["pixel_values"].shape == (1, 16, 16)
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=3, size=12):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        os.makedirs(root / name)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_labels_from_subfolders(tmp_path):
+    write_image_folder(tmp_path / "images")
+    args = parse_args(["--train_data_dir", str(tmp_path / "images"), "--output_dir", "x", "--max_train_steps", "1",
+                       "--resolution", "8"])  # fmt: skip
+    data = prepare_training_data(args)
+    assert data.num_classes == 2
+    assert data.num_channels == 3
+    assert sorted(data.dataset[i]["labels"] for i in range(6)) == [0, 0, 0, 1, 1, 1]
+    assert data.dataset[0]["pixel_values"].shape == (3, 8, 8)
+
+
+def test_saved_dataset_with_custom_columns(tmp_path):
+    import datasets
+
+    images = [Image.fromarray(np.full((10, 10), 40 * i, dtype=np.uint8)) for i in range(4)]
+    datasets.Dataset.from_dict({"picture": images, "digit": [3, 1, 2, 1]}).save_to_disk(tmp_path / "saved")
+    args = parse_args(["--dataset_name", str(tmp_path / "saved"), "--image_column", "picture", "--label_column",
+                       "digit", "--output_dir", "x", "--max_train_steps", "1", "--resolution", "8"])  # fmt: skip
+    data = prepare_training_data(args)
+    assert data.num_classes == 4
+    assert data.num_channels == 1
+    assert data.dataset[0]["labels"] == 3
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset_name", "./no/such/folder"], "does not exist"),
+        (["--dataset_name", "mnist-5k", "--image_column", "img"], "image column 'img' not found"),
+        (["--dataset_name", "mnist-5k", "--label_column", "digit"], "label column 'digit' not found"),
+    ],
+)
+def test_bad_data_arguments(argv, message):
+    args = parse_args([*argv, "--output_dir", "x", "--max_train_steps", "1"])
+    with pytest.raises(ValueError, match=message):
+        prepare_training_data(args)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--output_dir", "x", "--max_train_steps", "1"], "pass --dataset_name"),
+        (["--dataset_name", "mnist-5k", "--output_dir", "x"], "pass --max_train_steps or --max_train_minutes"),
+        (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_minutes", "1", "--lr_scheduler", "cosine"],
+         "decays over --max_train_steps"),
+        (["--train_data_dir", "/no/such/dir", "--output_dir", "x", "--max_train_steps", "1"], "is not a directory"),
+        (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--rescale_betas_zero_snr"],
+         "needs --prediction_type v_prediction or sample"),
+    ],
+)  # fmt: skip
+def test_bad_flag_combinations(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_training_writes_loadable_pipeline(tmp_path):
+    output = training_main.main(tiny_args(tmp_path / "run", "--use_ema", "--prediction_type", "v_prediction"))
+    pipeline = DiffusionPipeline.from_pretrained(output)
+    assert type(pipeline).__name__ == "GuidedDiffusionPipeline"
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert pipeline.unet.config.num_class_embeds == 11
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline([0, 9], num_inference_steps=2, guidance_scale=3.0, output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
+    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["use_ema"] is True
+
+
+def test_non_finite_loss_stops_and_saves_nothing(tmp_path, monkeypatch):
+    def nan_loss(unet, *args, **kwargs):
+        loss = sum(parameter.sum() for parameter in unet.parameters()) * float("nan")
+        return loss, loss.detach().reshape(1), torch.zeros(1)
+
+    monkeypatch.setattr(training_main, "denoiser_loss", nan_loss)
+    with pytest.raises(training_main.NonFiniteLossError, match="at step 1 is not finite"):
+        training_main.main(tiny_args(tmp_path / "run"))
+    assert not (tmp_path / "run" / "model_index.json").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_console_script(tmp_path):
+    """The documented launch line, in a fresh process."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    command = [accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "diffusers_ext.train", *tiny_args(tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model_index.json").exists()
+    assert "pipeline saved to" in result.stderr
