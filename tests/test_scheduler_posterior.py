@@ -281,3 +281,12 @@ def test_default_grid_is_every_training_step():
     scheduler = PosteriorScheduler(num_train_timesteps=10)
     assert scheduler.timesteps.tolist() == list(range(9, -1, -1))
     assert np.all(np.diff(scheduler.timesteps.numpy()) == -1)
+
+
+def test_thresholding_matches_ddpm():
+    ddpm = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+    ours = PosteriorScheduler.from_config(ddpm.config)
+    x_T = 2 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    expected = run_chain(ddpm, x_T, "epsilon", torch.Generator().manual_seed(7), num_inference_steps=20)
+    result = run_chain(ours, x_T, "epsilon", torch.Generator().manual_seed(7), num_inference_steps=20)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)

@@ -177,3 +177,10 @@ def test_accelerate_launch_console_script(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model_index.json").exists()
     assert "pipeline saved to" in result.stderr
+
+
+def test_console_script_help():
+    script = os.path.join(os.path.dirname(sys.executable), "diffusers-ext-train")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--cond_drop_prob" in result.stdout
