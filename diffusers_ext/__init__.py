@@ -7,13 +7,28 @@ Importing the package registers its pipelines, schedulers and models with diffus
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 
 from ._registration import register_with_diffusers
+from .models import NoisyClassifier
 from .pipelines import GuidedDiffusionPipeline
-from .schedulers import PosteriorScheduler
+from .schedulers import AnnealedLangevinScheduler, PosteriorScheduler, PredictorCorrectorScheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["GuidedDiffusionPipeline", "PosteriorScheduler"]
+__all__ = [
+    "AnnealedLangevinScheduler",
+    "GuidedDiffusionPipeline",
+    "NoisyClassifier",
+    "PosteriorScheduler",
+    "PredictorCorrectorScheduler",
+]
 
 # DiffusionPipeline, ModelMixin and SchedulerMixin stay importable from here because diffusers'
 # loader looks up a component's base class on the library named in model_index.json.
-register_with_diffusers([GuidedDiffusionPipeline, PosteriorScheduler])
+register_with_diffusers(
+    [
+        GuidedDiffusionPipeline,
+        PosteriorScheduler,
+        PredictorCorrectorScheduler,
+        AnnealedLangevinScheduler,
+        NoisyClassifier,
+    ]
+)

@@ -31,3 +31,12 @@ def make_tiny_unet(num_class_embeds=4, channels=1, out_channels=None, sample_siz
 @pytest.fixture
 def tiny_unet():
     return make_tiny_unet()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Let each in-process training run build its own Accelerator (accelerate keeps one per process)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

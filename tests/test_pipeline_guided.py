@@ -137,8 +137,8 @@ def test_runs_with_diffusers_scheduler():
     [
         ({"class_labels": [0, 4]}, r"class_labels must lie in \[0, 3\]"),
         ({"class_labels": None}, "class_labels is required"),
-        ({"class_labels": [0], "output_type": "latent"}, "output_type='latent' is not supported"),
-        ({"class_labels": [0], "classifier_scale": 1.0}, "classifier guidance"),
+        ({"class_labels": [0], "output_type": "mask"}, "output_type='mask' is not supported"),
+        ({"class_labels": [0], "classifier_scale": 1.0}, "has no classifier"),
         ({"class_labels": [0, 1], "generator": [torch.Generator()]}, "got 1 generators for a batch of 2"),
         ({"class_labels": [0], "latents": torch.zeros(1, 1, 4, 4)}, r"latents has shape \(1, 1, 4, 4\)"),
     ],

@@ -11,11 +11,11 @@ from diffusers_ext.core.posterior import posterior_mean, posterior_variance
 MU, DATA_VAR = 0.3, 0.25
 
 
-def gaussian_oracle(scheduler, sample, timestep, prediction_type):
-    """The exact E[eps | x_t] for data ~ N(MU, DATA_VAR), in the requested parameterization."""
+def gaussian_oracle(scheduler, sample, timestep, prediction_type, mu=MU, data_var=DATA_VAR):
+    """The exact E[eps | x_t] for data ~ N(mu, data_var), in the requested parameterization."""
     alphabar = scheduler.alphas_cumprod[int(timestep)].double()
-    marginal_var = alphabar * DATA_VAR + 1 - alphabar
-    eps = (1 - alphabar).sqrt() * (sample.double() - alphabar.sqrt() * MU) / marginal_var
+    marginal_var = alphabar * data_var + 1 - alphabar
+    eps = (1 - alphabar).sqrt() * (sample.double() - alphabar.sqrt() * mu) / marginal_var
     return convert(eps, sample.double(), alphabar, "epsilon", prediction_type).float()
 
 
@@ -25,27 +25,50 @@ def point_mass_oracle(scheduler, sample, timestep, x0=0.5):
     return ((sample.double() - alphabar.sqrt() * x0) / (1 - alphabar).sqrt()).float()
 
 
-def run_chain(scheduler, x_T, prediction_type, generator=None, num_inference_steps=50):
+def run_chain(
+    scheduler, x_T, prediction_type, generator=None, num_inference_steps=50, oracle=None, num_steps_taken=None, **step_kwargs
+):
+    oracle = oracle or gaussian_oracle
     scheduler.set_timesteps(num_inference_steps)
     sample = x_T.clone()
-    for t in scheduler.timesteps:
-        output = gaussian_oracle(scheduler, sample, t, prediction_type)
-        sample = scheduler.step(output, t, sample, generator=generator).prev_sample
+    for t in scheduler.timesteps[:num_steps_taken]:
+        output = oracle(scheduler, sample, t, prediction_type)
+        sample = scheduler.step(output, t, sample, generator=generator, **step_kwargs).prev_sample
     return sample
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-@pytest.mark.parametrize("clip_sample", [False, True])
-def test_eta_zero_matches_ddim(spacing, prediction_type, clip_sample):
-    ddim = DDIMScheduler(
-        timestep_spacing=spacing, prediction_type=prediction_type, clip_sample=clip_sample, set_alpha_to_one=True
-    )
+def test_eta_zero_matches_ddim(spacing, prediction_type):
+    ddim = DDIMScheduler(timestep_spacing=spacing, prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True)
     ours = PosteriorScheduler.from_config(ddim.config, eta=0.0)
     x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
     expected = run_chain(ddim, x_T, prediction_type)
     torch.testing.assert_close(run_chain(ours, x_T, prediction_type), expected, rtol=0, atol=1e-5)
+
+
+def wide_data_oracle(scheduler, sample, timestep, prediction_type):
+    """Data ~ N(0.8, 1): x0 estimates often leave [-1, 1], so clipping changes them."""
+    return gaussian_oracle(scheduler, sample, timestep, prediction_type, mu=0.8, data_var=1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_clipped_eta_zero_matches_ddim_clipped_output(prediction_type):
+    """With clipping, eps_hat is re-derived from the clipped x0_hat: DDIM's use_clipped_model_output=True."""
+    ddim = DDIMScheduler(prediction_type=prediction_type, clip_sample=True, set_alpha_to_one=True)
+    ours = PosteriorScheduler.from_config(ddim.config, eta=0.0)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    for steps in (20, 40, 50):  # parts of the path where clipping is active, and the whole path
+        chain = dict(oracle=wide_data_oracle, num_steps_taken=steps)
+        clipped_ddim = run_chain(ddim, x_T, prediction_type, use_clipped_model_output=True, **chain)
+        result = run_chain(ours, x_T, prediction_type, **chain)
+        torch.testing.assert_close(result, clipped_ddim, rtol=0, atol=1e-5)
+
+    default_ddim = run_chain(ddim, x_T, prediction_type, oracle=wide_data_oracle, num_steps_taken=40)
+    result = run_chain(ours, x_T, prediction_type, oracle=wide_data_oracle, num_steps_taken=40)
+    assert (result - default_ddim).abs().max() > 0.1  # clipping did change the path
 
 
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])

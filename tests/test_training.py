@@ -11,13 +11,14 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 import diffusers_ext  # noqa: F401
-from diffusers_ext import PosteriorScheduler
+from diffusers_ext import AnnealedLangevinScheduler, NoisyClassifier, PosteriorScheduler
 from diffusers_ext.core.parameterization import convert
 from diffusers_ext.core.weighting import loss_weight
 from diffusers_ext.training import main as training_main
 from diffusers_ext.training.args import parse_args
 from diffusers_ext.training.data import prepare_training_data
-from diffusers_ext.training.losses import denoiser_loss, drop_labels
+from diffusers_ext.training.losses import denoiser_loss, drop_labels, score_matching_loss
+from diffusers_ext.training.tasks import DenoiserTask
 
 TINY_MODEL = ["--block_out_channels", "8", "16", "--norm_num_groups", "4", "--resolution", "8"]
 
@@ -42,24 +43,43 @@ class RecordingUnet(torch.nn.Module):
 def test_denoiser_loss_regresses_on_target(prediction_type, weighting):
     scheduler = PosteriorScheduler(prediction_type=prediction_type)
     unet = RecordingUnet()
-    x0 = torch.rand(8, 1, 4, 4) * 2 - 1
-    torch.manual_seed(0)
-    loss, per_sample, timesteps = denoiser_loss(unet, scheduler, x0, None, prediction_type, weighting, 5.0)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 1, 4, 4, generator=generator) * 2 - 1
+    noise = torch.randn(8, 1, 4, 4, generator=generator)
+    timesteps = torch.tensor([0, 1, 10, 100, 400, 700, 998, 999])
+    loss, per_sample = denoiser_loss(unet, scheduler, x0, None, noise, timesteps, prediction_type, weighting, 5.0)
 
-    alphabar = scheduler.alphas_cumprod[timesteps].double().reshape(-1, 1, 1, 1)
-    target = convert(x0.double(), unet.sample.double(), alphabar, "sample", prediction_type)
+    assert torch.equal(unet.timestep, timesteps)
+    alphabar = scheduler._alphas_cumprod_f64[timesteps].reshape(-1, 1, 1, 1)
+    gamma, sigma = alphabar.sqrt(), (1 - alphabar).sqrt()
+    torch.testing.assert_close(unet.sample.double(), gamma * x0 + sigma * noise, rtol=1e-5, atol=1e-6)
+    target = {"epsilon": noise.double(), "sample": x0.double(), "v_prediction": gamma * noise - sigma * x0}[prediction_type]
     expected_mse = target.pow(2).mean(dim=(1, 2, 3))
     weights = loss_weight(weighting, scheduler.alphas_cumprod.double(), timesteps, prediction_type, 5.0)
     np.testing.assert_allclose(per_sample.numpy(), expected_mse.numpy(), rtol=1e-4)
     assert loss.item() == pytest.approx((weights * expected_mse).mean().item(), rel=1e-4)
 
 
-def test_drop_labels_rate():
-    torch.manual_seed(0)
-    dropped = drop_labels(torch.zeros(20000, dtype=torch.long), 0.25, null_class=10)
-    assert set(dropped.unique().tolist()) == {0, 10}
-    assert (dropped == 10).float().mean().item() == pytest.approx(0.25, abs=0.015)
-    assert torch.equal(drop_labels(torch.ones(5, dtype=torch.long), 0.0, 10), torch.ones(5, dtype=torch.long))
+def test_score_matching_loss_is_weighted_dsm():
+    """With a zero score the loss is lambda(sigma) ||z / sigma||^2 = ||z||^2 per pixel."""
+    scheduler = AnnealedLangevinScheduler(sigma_data=0.5)
+    unet = RecordingUnet()
+    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+    noise = torch.randn(6, 1, 4, 4)
+    sigmas = torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0, 20.0])
+    loss, per_sample = score_matching_loss(unet, scheduler, x0, None, noise, sigmas)
+
+    assert torch.equal(unet.timestep, sigmas)
+    scale = (sigmas**2 + 0.25).rsqrt().reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(unet.sample, (x0 + sigmas.reshape(-1, 1, 1, 1) * noise) * scale)
+    np.testing.assert_allclose(per_sample.numpy(), noise.pow(2).mean(dim=(1, 2, 3)).numpy(), rtol=1e-4)
+    assert loss.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+
+
+def test_drop_labels_where_marked():
+    labels = torch.tensor([3, 1, 4, 1])
+    dropped = drop_labels(labels, torch.tensor([True, False, False, True]), null_class=10)
+    assert dropped.tolist() == [10, 1, 4, 10]
 
 
 def test_mnist_data_padded_to_32():
@@ -139,9 +159,11 @@ def test_bad_data_arguments(argv, message):
          "needs --prediction_type v_prediction or sample"),
     ],
 )  # fmt: skip
-def test_bad_flag_combinations(argv, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_flag_combinations(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_training_writes_loadable_pipeline(tmp_path):
@@ -156,12 +178,47 @@ def test_training_writes_loadable_pipeline(tmp_path):
     assert json.loads((tmp_path / "run" / "training_args.json").read_text())["use_ema"] is True
 
 
+def test_score_task_writes_annealed_pipeline(tmp_path):
+    output = training_main.main(tiny_args(tmp_path / "run", "--task", "score", "--sigma_max", "10"))
+    pipeline = DiffusionPipeline.from_pretrained(output)
+    assert type(pipeline.scheduler).__name__ == "AnnealedLangevinScheduler"
+    assert pipeline.scheduler.config.sigma_max == 10.0
+    assert pipeline.unet.config.time_embedding_type == "fourier"
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline([1, 2], num_inference_steps=3, guidance_scale=2.0, output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
+
+
+def test_classifier_task_writes_classifier_and_report(tmp_path):
+    output = training_main.main(tiny_args(tmp_path / "run", "--task", "classifier", "--classifier_eval_fraction", "0.25"))
+    classifier = NoisyClassifier.from_pretrained(output)
+    assert classifier.config.num_classes == 10
+    assert classifier.config.sample_size == 8
+    report = json.loads((tmp_path / "run" / "accuracy_by_noise_level.json").read_text())
+    assert report["num_held_out"] == 16
+    assert len(report["accuracy"]) == 10
+    assert all(0 <= value <= 1 for value in report["accuracy"].values())
+    assert PosteriorScheduler.from_pretrained(tmp_path / "run" / "scheduler").config.num_train_timesteps == 1000
+
+
+def test_classifier_task_needs_labels(tmp_path):
+    with pytest.raises(ValueError, match="--task classifier needs class labels"):
+        training_main.main(tiny_args(tmp_path / "run", "--task", "classifier", "--label_column", "none"))
+
+
+def test_score_task_rejects_prediction_type(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "score", "--prediction_type", "epsilon", "--dataset_name", "mnist-5k", "--output_dir", "x",
+                    "--max_train_steps", "1"])  # fmt: skip
+    assert "--prediction_type applies to --task denoiser" in capsys.readouterr().err
+
+
 def test_non_finite_loss_stops_and_saves_nothing(tmp_path, monkeypatch):
-    def nan_loss(unet, *args, **kwargs):
+    def nan_loss(self, unet, batch, draws):
         loss = sum(parameter.sum() for parameter in unet.parameters()) * float("nan")
         return loss, loss.detach().reshape(1), torch.zeros(1)
 
-    monkeypatch.setattr(training_main, "denoiser_loss", nan_loss)
+    monkeypatch.setattr(DenoiserTask, "loss", nan_loss)
     with pytest.raises(training_main.NonFiniteLossError, match="at step 1 is not finite"):
         training_main.main(tiny_args(tmp_path / "run"))
     assert not (tmp_path / "run" / "model_index.json").exists()
@@ -176,7 +233,7 @@ def test_accelerate_launch_console_script(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model_index.json").exists()
-    assert "pipeline saved to" in result.stderr
+    assert "denoiser saved to" in result.stderr
 
 
 def test_console_script_help():

@@ -12,6 +12,8 @@ ancestral mean by s * variance * gradient, or the noise prediction by -s * sigma
 deterministic steps.
 """
 
+from typing import Callable
+
 import torch
 
 from ._tensors import Scalar, as_float_tensor, cast_like
@@ -52,3 +54,24 @@ def shift_epsilon(eps: torch.Tensor, alphabar_t: Scalar, gradient: torch.Tensor,
     """
     sigma = cast_like((1 - as_float_tensor(alphabar_t)).sqrt(), eps)
     return eps - scale * sigma * gradient
+
+
+def classifier_log_prob_gradient(
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    class_labels: torch.Tensor,
+) -> torch.Tensor:
+    """grad_x log p(c | x_t, t) of a classifier returning logits (B, classes), by autograd.
+
+    Gradients are taken with respect to the sample only, so the classifier's weights receive no
+    `.grad`, and the graph is freed before returning. Works inside `torch.no_grad()`. The
+    log-softmax is computed in float32 at least; the result has the sample's shape and dtype.
+    """
+    with torch.enable_grad():
+        x = sample.detach().requires_grad_(True)
+        logits = classifier(x, timestep)
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        selected = log_probs.gather(1, class_labels.reshape(-1, 1).to(log_probs.device)).sum()
+        (gradient,) = torch.autograd.grad(selected, x)
+    return gradient.to(sample.dtype)

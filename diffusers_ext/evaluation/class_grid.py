@@ -4,7 +4,7 @@
 
 The grid has one row per class and one panel per guidance scale. Every panel starts from the
 same initial noise, so columns are comparable across panels. Each sample is scored by a digit
-classifier trained on the bundled real digits at the pipeline's resolution; the share it labels
+classifier trained on the bundled real digits at the pipeline's resolution. The share it labels
 as the requested class is the "label accuracy" written to the metrics file.
 """
 

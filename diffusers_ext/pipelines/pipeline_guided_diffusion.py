@@ -1,4 +1,4 @@
-"""GuidedDiffusionPipeline: class-conditional pixel-space sampling with classifier-free guidance."""
+"""GuidedDiffusionPipeline: pixel-space sampling with classifier-free and classifier guidance."""
 
 import inspect
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -13,25 +13,33 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..core.guidance import classifier_free_guidance, rescale_guidance
+from .classifier_guidance import check_classifier, guidance_gradient, scheduler_applies_gradient, shift_noise_prediction
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 class GuidedDiffusionPipeline(DiffusionPipeline):
-    """Sampling from a class-conditional `UNet2DModel` with classifier-free guidance.
+    """Sampling from a `UNet2DModel` with classifier-free guidance and classifier guidance.
 
-    The unet's class embedding has `num_class_embeds` rows and the last one is the null class,
-    the label the model was trained on when the condition was dropped. With guidance scale S,
-    each step combines the conditional and null-class predictions as
-    uncond + S (cond - uncond) (Ho & Salimans 2022), from one batched forward pass.
+    Classifier-free guidance (Ho & Salimans 2022): the unet's class embedding has
+    `num_class_embeds` rows and the last one is the null class, the label the model was trained
+    on when the condition was dropped. With guidance scale S, each step combines the conditional
+    and null-class predictions as uncond + S (cond - uncond), from one batched forward pass.
+
+    Classifier guidance (Dhariwal & Nichol 2021): with `classifier_scale` s, each step adds
+    s * grad log p(c | x_t, t) of the noise-aware `classifier`, by autograd with the weights
+    untouched. The schedulers of this package apply it as their step type requires; for other
+    schedulers the pipeline shifts the noise prediction. It works with an unconditional unet
+    (guidance from the classifier alone) and together with classifier-free guidance.
 
     Args:
         unet: a `UNet2DModel` predicting what `scheduler.config.prediction_type` names, either
             class-conditional (`num_class_embeds` set, last index null) or unconditional.
         scheduler: any diffusers scheduler; `PosteriorScheduler` by default in saved pipelines.
-        classifier: optional noise-aware classifier p(c | x_t, t) for classifier guidance.
+        classifier: optional noise-aware classifier p(c | x_t, t), such as `NoisyClassifier`,
+            called as classifier(x_t, t) and returning logits (B, classes).
     """
 
     model_cpu_offload_seq = "unet"
@@ -50,16 +58,22 @@ class GuidedDiffusionPipeline(DiffusionPipeline):
         num_class_embeds = self.unet.config.num_class_embeds
         return None if num_class_embeds is None else num_class_embeds - 1
 
-    def _prepare_labels(self, class_labels, batch_size: Optional[int], device) -> Optional[torch.Tensor]:
+    def _prepare_labels(self, class_labels, batch_size: Optional[int], device, classifier_scale: float):
+        """Return (labels passed to the unet, labels the classifier guides towards); either may be None."""
         if self.null_class is None:
             if class_labels is not None:
-                raise ValueError(
-                    "class_labels were given but the unet is unconditional (unet.config.num_class_embeds is None); "
-                    "pass batch_size instead, or use a class-conditional unet."
-                )
+                if classifier_scale == 0:
+                    raise ValueError(
+                        "class_labels were given but the unet is unconditional (unet.config.num_class_embeds is None) "
+                        "and classifier_scale is 0; pass batch_size instead, or guide with a classifier."
+                    )
+                targets = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(device)
+                if bool((targets < 0).any()):
+                    raise ValueError(f"class_labels must be non-negative, got {targets.tolist()}.")
+                return None, targets
             if batch_size is None or batch_size < 1:
                 raise ValueError(f"an unconditional unet needs a positive batch_size, got {batch_size!r}.")
-            return None
+            return None, None
 
         if class_labels is None:
             raise ValueError("class_labels is required for a class-conditional unet, e.g. class_labels=[0, 1, 2].")
@@ -70,7 +84,8 @@ class GuidedDiffusionPipeline(DiffusionPipeline):
                 f"class_labels must lie in [0, {num_class_embeds - 1}] for this unet "
                 f"({num_class_embeds - 1} classes plus the null class {self.null_class}), got {labels.tolist()}."
             )
-        return labels.to(device)
+        labels = labels.to(device)
+        return labels, labels
 
     def check_inputs(self, guidance_scale, output_type, callback_on_step_end_tensor_inputs) -> None:
         if guidance_scale != 1 and self.null_class is None:
@@ -148,10 +163,12 @@ class GuidedDiffusionPipeline(DiffusionPipeline):
                 the null class, which samples unconditionally). Required for a conditional unet.
             num_inference_steps: number of sampling steps; ignored when `timesteps` is given.
             guidance_scale: classifier-free guidance scale S; 1 is the plain conditional model.
-            classifier_scale: scale of classifier guidance; needs a `classifier` component.
+            classifier_scale: scale s of classifier guidance; needs a `classifier` component.
+                With an unconditional unet, `class_labels` name the classes to guide towards.
             generator: torch generator(s) that make the result reproducible; a list gives one per image.
-            output_type: "pil" (list of PIL images), "np" (array (B, H, W, C) in [0, 1]) or
-                "pt" (tensor (B, C, H, W) in [0, 1]).
+            output_type: "pil" (list of PIL images), "np" (array (B, H, W, C) in [0, 1]),
+                "pt" (tensor (B, C, H, W) in [0, 1]) or "latent" (the final sample as it is,
+                (B, C, H, W), without rescaling or clipping).
             return_dict: return an `ImagePipelineOutput` instead of a tuple.
             callback_on_step_end: called as callback(pipeline, step_index, timestep, callback_kwargs)
                 after each step; it may return {"latents": tensor} to replace the current sample.
@@ -167,12 +184,11 @@ class GuidedDiffusionPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_inputs(guidance_scale, output_type, callback_on_step_end_tensor_inputs)
-        if classifier_scale != 0:
-            raise NotImplementedError("classifier guidance is not available yet; use classifier_scale=0.")
-
         device = self._execution_device
-        labels = self._prepare_labels(class_labels, batch_size, device)
-        batch = labels.shape[0] if labels is not None else batch_size
+        labels, targets = self._prepare_labels(class_labels, batch_size, device, classifier_scale)
+        if classifier_scale != 0:
+            check_classifier(self.classifier, self.unet, self.scheduler, targets)
+        batch = targets.shape[0] if targets is not None else batch_size
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch} images; pass one per image.")
 
@@ -191,17 +207,37 @@ class GuidedDiffusionPipeline(DiffusionPipeline):
         latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
         step_kwargs = self._step_kwargs(generator)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = self.predict(latents, t, labels, guidance_scale, guidance_rescale)
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        gradient_in_step = classifier_scale != 0 and scheduler_applies_gradient(self.scheduler)
+        timesteps = self.scheduler.timesteps
+        # Schedulers with order k evaluate the model k times per step; the bar counts steps, as
+        # diffusers' own pipelines do.
+        order = getattr(self.scheduler, "order", 1)
+        num_steps = getattr(self.scheduler, "num_inference_steps", None) or len(timesteps)
+        with self.progress_bar(total=num_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_output = self.predict(latents, t, labels, guidance_scale, guidance_rescale)
+                extra = {}
+                if classifier_scale != 0:
+                    gradient = guidance_gradient(self.classifier, self.scheduler, latents, t, targets, classifier_scale)
+                    if gradient_in_step:
+                        extra["classifier_gradient"] = gradient
+                    else:
+                        model_output = shift_noise_prediction(self.scheduler, model_output, latents, t, gradient)
+                latents = self.scheduler.step(model_output, t, latents, **step_kwargs, **extra).prev_sample
 
-            if callback_on_step_end is not None:
-                available = {"latents": latents}
-                callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
+                if callback_on_step_end is not None:
+                    available = {"latents": latents}
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
 
-        images = self.image_processor.postprocess(latents, output_type=output_type)
+                if i == len(timesteps) - 1 or (i + 1) % order == 0:
+                    progress_bar.update()
+
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.image_processor.postprocess(latents, output_type=output_type)
         self.maybe_free_model_hooks()
 
         if not return_dict:

@@ -16,6 +16,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..core._tensors import append_dims
+from ..core.guidance import shift_epsilon, shift_mean
 from ..core.parameterization import check_prediction_type, convert, velocity
 from ..core.posterior import (
     ddim_sigma,
@@ -144,9 +145,14 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
     def _supported_prediction_types(cls) -> Tuple[str, ...]:
         return SCHEDULER_PREDICTION_TYPES
 
-    def _set_grid(self, grid: np.ndarray, device) -> None:
-        self._grid = grid
-        self.timesteps = torch.from_numpy(grid).to(device)
+    def _set_grid(self, levels: np.ndarray, device) -> None:
+        """Store the descending noise levels and the `timesteps` entries that visit them."""
+        self._levels = levels
+        self.timesteps = torch.from_numpy(self._entries_for_levels(levels)).to(device)
+
+    def _entries_for_levels(self, levels: np.ndarray) -> np.ndarray:
+        """Map levels to `timesteps` entries: one model evaluation per level here, more in subclasses."""
+        return levels
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
         """Return `sample` unchanged: variance-preserving models take x_t as it is."""
@@ -181,16 +187,16 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
         self._set_grid(grid, device)
 
     def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> int:
-        """The grid entry after `timestep`, or -1 (the data level) after the last entry."""
+        """Return the grid level after `timestep`, or -1 (the data level) after the last level."""
         t = int(timestep)
-        (positions,) = np.nonzero(self._grid == t)
+        (positions,) = np.nonzero(self._levels == t)
         if positions.size == 0:
             raise ValueError(
                 f"timestep {t} is not on the sampling grid; call set_timesteps first and step through "
-                f"scheduler.timesteps (grid runs {self._grid[0]} to {self._grid[-1]}, {len(self._grid)} entries)."
+                f"scheduler.timesteps (grid runs {self._levels[0]} to {self._levels[-1]}, {len(self._levels)} levels)."
             )
         next_position = positions[0] + 1
-        return int(self._grid[next_position]) if next_position < len(self._grid) else -1
+        return int(self._levels[next_position]) if next_position < len(self._levels) else -1
 
     def _alphabar(self, timestep: int) -> torch.Tensor:
         """alphabar at one timestep index as a float64 scalar; index -1 is the data level (1.0)."""
@@ -265,6 +271,22 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
             eps = convert(model_output, sample, alphabar_t, source, "epsilon")
         return x0, eps
 
+    def shift_prediction(
+        self, prediction: torch.Tensor, timestep: int, sample: torch.Tensor, gradient: torch.Tensor
+    ) -> torch.Tensor:
+        """Classifier guidance on a prediction: eps' = eps - sqrt(1 - alphabar_t) * gradient.
+
+        Dhariwal & Nichol 2021, Algorithm 2; `gradient` is s * grad log p(c | x_t), already scaled.
+        The prediction stays in the configured parameterization. At alphabar_t = 0 (zero terminal
+        SNR) x_t is pure noise, the shift has no effect on x0_hat, and the prediction is returned as is.
+        """
+        alphabar_t = self._alphabar(timestep)
+        if alphabar_t == 0:
+            return prediction
+        source = self.config.prediction_type
+        eps = convert(prediction, sample, alphabar_t, source, "epsilon")
+        return convert(shift_epsilon(eps, alphabar_t, gradient, 1.0), sample, alphabar_t, "epsilon", source)
+
     def step_variance(
         self, timestep: int, prev_timestep: int, variance_values: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -288,26 +310,37 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
         prev_timestep: int,
         sample: torch.Tensor,
         generator: Optional[torch.Generator] = None,
+        classifier_gradient: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One step from `timestep` to any earlier level `prev_timestep` (-1 for the data level).
+        """Take one step from `timestep` to any earlier level `prev_timestep` (-1 for the data level).
 
         Returns (x_s, x0_hat), each of the sample's shape. This is the predictor that the other
         schedulers of this package reuse.
+
+        `classifier_gradient`, s * grad log p(c | x_t) of the sample's shape, applies classifier
+        guidance as the step requires (Dhariwal & Nichol 2021): a stochastic step (eta > 0) has
+        its mean shifted by its noise variance times the gradient (Algorithm 1), a deterministic
+        one has eps_hat shifted (Algorithm 2).
         """
         prediction, variance_values = self._split_model_output(model_output, sample)
+        eta = self.config.eta
+        if classifier_gradient is not None and eta == 0:
+            prediction = self.shift_prediction(prediction, timestep, sample, classifier_gradient)
         x0, eps = self.predict_x0_and_epsilon(prediction, timestep, sample)
         if prev_timestep < 0:
             return x0, x0
 
-        eta = self.config.eta
         alphabar_t, alphabar_s = self._alphabar(timestep), self._alphabar(prev_timestep)
         prev_sample = ddim_step(x0, eps, alphabar_s, ddim_sigma(alphabar_t, alphabar_s, eta))
 
         if eta > 0:
-            variance = self.step_variance(timestep, prev_timestep, variance_values)
+            variance = (eta**2 * self.step_variance(timestep, prev_timestep, variance_values)).to(
+                device=sample.device, dtype=sample.dtype
+            )
+            if classifier_gradient is not None:
+                prev_sample = shift_mean(prev_sample, variance, classifier_gradient, 1.0)
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            std = (eta**2 * variance).sqrt()
-            prev_sample = prev_sample + std.to(device=sample.device, dtype=sample.dtype) * noise
+            prev_sample = prev_sample + variance.sqrt() * noise
         return prev_sample, x0
 
     def step(
@@ -317,6 +350,7 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: Optional[torch.Generator] = None,
         return_dict: bool = True,
+        classifier_gradient: Optional[torch.Tensor] = None,
     ) -> Union[PosteriorSchedulerOutput, Tuple[torch.Tensor, torch.Tensor]]:
         """Move `sample` from `timestep` to the next entry of the sampling grid.
 
@@ -327,13 +361,16 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
             sample: x_t, shape (B, C, H, W).
             generator: random generator for the step's noise.
             return_dict: return a `PosteriorSchedulerOutput` instead of a tuple.
+            classifier_gradient: s * grad log p(c | x_t) for classifier guidance; see `step_to`.
 
         Returns:
             `PosteriorSchedulerOutput(prev_sample, pred_original_sample)` or the tuple
             (prev_sample, pred_original_sample).
         """
         t = int(timestep)
-        prev_sample, x0 = self.step_to(model_output, t, self.previous_timestep(t), sample, generator)
+        prev_sample, x0 = self.step_to(
+            model_output, t, self.previous_timestep(t), sample, generator, classifier_gradient
+        )
         if not return_dict:
             return prev_sample, x0
         return PosteriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -349,7 +386,7 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
         return add_noise(original_samples, noise, self._alphabar_for(timesteps, original_samples))
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction target sqrt(alphabar_t) noise - sqrt(1 - alphabar_t) sample, with `sample` = x_0."""
+        """Return the v-prediction target sqrt(alphabar_t) noise - sqrt(1 - alphabar_t) sample, with `sample` = x_0."""
         return velocity(sample, noise, self._alphabar_for(timesteps, sample))
 
     def __len__(self) -> int:

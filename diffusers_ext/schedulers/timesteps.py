@@ -13,7 +13,7 @@ def spaced_timesteps(
     timestep_spacing: str = "leading",
     steps_offset: int = 0,
 ) -> np.ndarray:
-    """A descending grid of `num_inference_steps` training-timestep indices.
+    """Place a descending grid of `num_inference_steps` training-timestep indices.
 
     The three rules of Lin et al. 2024, Table 2, with diffusers' rounding, so grids match
     DDPMScheduler and DDIMScheduler entry for entry:

