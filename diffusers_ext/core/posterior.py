@@ -15,7 +15,7 @@ DDIM (Song et al. 2021, equation 12) with sigma = eta * sqrt(posterior variance)
 
 eta = 1 is the posterior above; eta = 0 is the deterministic DDIM step.
 
-Arguments named alphabar_* are floats or tensors broadcastable to the samples; coefficients are
+Arguments named alphabar_* are floats or tensors broadcastable to the samples. Coefficients are
 computed in their dtype (float64 for Python floats) and cast to the sample's dtype.
 """
 

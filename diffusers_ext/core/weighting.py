@@ -28,8 +28,8 @@ TARGETS = ("epsilon", "sample", "v_prediction", "score")
 def x0_error_per_target_error(alphabar: torch.Tensor, target: str) -> torch.Tensor:
     """Factor f with ||x0_hat - x0||^2 = f ||target_hat - target||^2 at fixed x_t.
 
-    Infinite where alphabar = 0 for the "epsilon" and "score" targets, whose errors say nothing
-    about x0 there.
+    Infinite where alphabar = 0 for the "epsilon" and "score" targets, whose errors carry no
+    information about x0 there.
     """
     check_prediction_type(target, TARGETS)
     if target == "sample":

@@ -36,7 +36,7 @@ class AnnealedLangevinScheduler(SchedulerMixin, ConfigMixin):
             samples at 1e-4 (benchmarks/score_model_digits.py).
         prediction_type: "score", the only parameterization for VE score models here.
         sigma_data: if set, `scale_model_input` divides x by sqrt(sigma^2 + sigma_data^2) so the
-            network sees inputs of unit scale (Karras et al. 2022, c_in); the model must be
+            network receives inputs of unit scale (Karras et al. 2022, c_in); the model must be
             trained with the same scaling. None passes x unchanged, as NCSN did.
         denoise_final: replace the last Langevin step by the denoising step.
     """

@@ -90,7 +90,7 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
             own `eta` (default 0) to any `step` that accepts one.
     """
 
-    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
+    _compatibles = ["DDPMScheduler", "DDIMScheduler", "PredictorCorrectorScheduler"]
     order = 1
 
     @register_to_config
@@ -235,7 +235,8 @@ class PosteriorScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}.{hint}"
             )
-        if learned and variance_values is None and not self._warned_missing_variance:
+        needs_variance = learned and self.config.eta > 0
+        if needs_variance and variance_values is None and not self._warned_missing_variance:
             logger.warning(
                 f"variance_type={self.variance_type!r} but the model output has no variance channels (a "
                 "pipeline such as DiTPipeline strips them before step); using 'fixed_small' instead."

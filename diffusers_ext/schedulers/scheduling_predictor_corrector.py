@@ -57,6 +57,8 @@ class PredictorCorrectorScheduler(PosteriorScheduler):
         temperature_schedule: "linear" or "geometric" interpolation between the two.
     """
 
+    _compatibles = ["DDPMScheduler", "DDIMScheduler", "PosteriorScheduler"]
+
     @register_to_config
     def __init__(
         self,

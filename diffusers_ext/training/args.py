@@ -227,44 +227,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject inconsistent flags before any data is loaded or any weight is built."""
+def _check_data_and_bounds(args: argparse.Namespace) -> None:
     if args.dataset_name is None and args.train_data_dir is None:
         raise ValueError("pass --dataset_name (for example mnist-5k) or --train_data_dir.")
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("pass only one of --dataset_name and --train_data_dir.")
     if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
         raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a directory.")
+    if args.resolution < 1:
+        raise ValueError(f"--resolution must be positive, got {args.resolution}.")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
+
     if args.max_train_steps is None and args.max_train_minutes is None:
         raise ValueError("pass --max_train_steps or --max_train_minutes (or both) to bound training.")
     if args.lr_scheduler not in ("constant", "constant_with_warmup") and args.max_train_steps is None:
         raise ValueError(f"--lr_scheduler {args.lr_scheduler} decays over --max_train_steps; pass it.")
-    for name in ("checkpointing_steps", "checkpoints_total_limit", "gradient_accumulation_steps", "ema_update_interval",
-                 "train_batch_size", "logging_steps"):  # fmt: skip
+    counts = ("checkpointing_steps", "checkpoints_total_limit", "gradient_accumulation_steps", "ema_update_interval",
+              "train_batch_size", "logging_steps")  # fmt: skip
+    for name in counts:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}.")
-    if args.dataloader_num_workers < 0:
-        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
+
+
+def _check_task_flags(args: argparse.Namespace) -> None:
     if not 0 <= args.cond_drop_prob < 1:
         raise ValueError(f"--cond_drop_prob must lie in [0, 1), got {args.cond_drop_prob}.")
-    if args.resolution < 1:
-        raise ValueError(f"--resolution must be positive, got {args.resolution}.")
     if args.task == "score" and args.prediction_type is not None:
         raise ValueError("--prediction_type applies to --task denoiser; a score model always predicts the score.")
     if args.prediction_type is None:
         args.prediction_type = "epsilon"
+    if args.rescale_betas_zero_snr and args.prediction_type == "epsilon":
+        raise ValueError(
+            "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at alphabar = 0 an "
+            "epsilon prediction carries no information about the image."
+        )
+
     if not 0 < args.classifier_eval_fraction < 1:
         raise ValueError(f"--classifier_eval_fraction must lie in (0, 1), got {args.classifier_eval_fraction}.")
     if not 0 < args.sigma_min < args.sigma_max:
         raise ValueError(f"need 0 < --sigma_min < --sigma_max, got {args.sigma_min} and {args.sigma_max}.")
     if args.sigma_data == 0:
         args.sigma_data = None
-    if args.rescale_betas_zero_snr and args.prediction_type == "epsilon":
-        raise ValueError(
-            "--rescale_betas_zero_snr needs --prediction_type v_prediction or sample: at alphabar = 0 an "
-            "epsilon prediction says nothing about the image."
-        )
+
+
+def validate_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject inconsistent flags before any data is loaded or any weight is built; fill derived defaults."""
+    _check_data_and_bounds(args)
+    _check_task_flags(args)
     return args
 
 

@@ -26,7 +26,7 @@ STATE_FILE = "training_state.json"
 
 @dataclass
 class TrainingPosition:
-    """Where the loop stands: optimizer steps taken, current epoch, batches consumed in it."""
+    """Position of the training loop: optimizer steps taken, current epoch, batches consumed in it."""
 
     global_step: int = 0
     epoch: int = 0
@@ -46,7 +46,7 @@ def complete_checkpoints(output_dir: str) -> List[str]:
 
 
 def resolve_checkpoint(output_dir: str, resume_from: str) -> Optional[str]:
-    """The checkpoint folder `--resume_from_checkpoint` names; "latest" is the newest complete one, or None."""
+    """Find the checkpoint folder `--resume_from_checkpoint` names; "latest" is the newest complete one, or None."""
     if resume_from == "latest":
         checkpoints = complete_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None

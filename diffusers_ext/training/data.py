@@ -186,8 +186,8 @@ class IndexedDataset(torch.utils.data.Dataset):
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A permutation of the dataset drawn from (seed, epoch) alone.
 
-    Every process and every resumed run sees the same order for an epoch, which accelerate then
-    splits across processes batch by batch; `set_epoch` selects the permutation.
+    Every process and every resumed run gets the same order for an epoch, which accelerate then
+    splits across processes batch by batch. `set_epoch` selects the permutation.
     """
 
     def __init__(self, num_examples: int, seed: int):

@@ -26,7 +26,7 @@ def _subfolder_exists(path: str, subfolder: str) -> bool:
 
 
 def load_pretrained_unet(path: str, num_channels: int, num_classes: Optional[int], resolution: int) -> UNet2DModel:
-    """The `unet` of a saved pipeline (local folder or Hub id), adapted to `num_classes` (+1 null class)."""
+    """Load the `unet` of a saved pipeline (local folder or Hub id), adapted to `num_classes` (+1 null class)."""
     subfolder = "unet" if _subfolder_exists(path, "unet") else None
     unet = UNet2DModel.from_pretrained(path, subfolder=subfolder)
     if unet.config.in_channels != num_channels:
@@ -75,7 +75,7 @@ def adapt_class_embedding(unet: UNet2DModel, num_classes: Optional[int]) -> UNet
 
 
 def load_pretrained_classifier(path: str, num_channels: int, num_classes: int, resolution: int) -> NoisyClassifier:
-    """A saved NoisyClassifier, with its output layer resized to `num_classes`."""
+    """Load a saved NoisyClassifier, with its output layer resized to `num_classes`."""
     classifier = NoisyClassifier.from_pretrained(path)
     if classifier.config.in_channels != num_channels or classifier.config.sample_size != resolution:
         raise ValueError(
@@ -104,6 +104,6 @@ def load_pretrained_classifier(path: str, num_channels: int, num_classes: int, r
 
 
 def load_pretrained_scheduler(path: str, scheduler_cls, **overrides):
-    """The noise schedule saved beside a pretrained model (its `scheduler` subfolder), with `overrides`."""
+    """Load the noise schedule saved beside a pretrained model (its `scheduler` subfolder), with `overrides`."""
     config = scheduler_cls.load_config(path, subfolder="scheduler")
     return scheduler_cls.from_config(config, **overrides)

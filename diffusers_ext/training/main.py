@@ -60,7 +60,8 @@ def launched_without_gpus() -> bool:
     """Return whether several processes were launched on a machine with no GPU.
 
     `accelerate launch --multi_gpu --num_processes N` starts N processes there too, but accelerate
-    1.x only joins them into one data-parallel group (gloo) when told to run on the CPU.
+    1.x only joins them into one data-parallel group (gloo) when the Accelerator is created with
+    cpu=True.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     has_gpu = torch.cuda.is_available() or (getattr(torch, "xpu", None) is not None and torch.xpu.is_available())

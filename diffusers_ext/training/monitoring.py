@@ -1,4 +1,4 @@
-"""What the training loop reports: the loss log, loss by noise level, sample grids, replica checks."""
+"""Training reports: the loss log, loss by noise level, sample grids and the replica check."""
 
 import json
 import os
@@ -127,7 +127,7 @@ def log_validation_images(accelerator, task, model, ema, args, position) -> Opti
 
 
 def replicas_in_sync(accelerator, model) -> bool:
-    """Return whether every process holds bit-identical parameters (compared by two checksums)."""
+    """Return whether all processes have bit-identical parameters (compared by two checksums)."""
     parameters = torch.cat([p.detach().double().flatten() for p in accelerator.unwrap_model(model).parameters()])
     checksum = torch.stack([parameters.sum(), parameters.pow(2).sum()]).unsqueeze(0).to(accelerator.device)
     gathered = accelerator.gather(checksum)

@@ -3,7 +3,7 @@
 The noise, noise level and condition dropout of an example depend only on (seed, epoch, dataset
 index), not on which process or micro-batch the example lands in or on how many steps ran
 before. A data-parallel run therefore computes the same loss as a single-process run with the
-same global batch, gradient accumulation sees the same draws as one large batch, and a run
+same global batch, gradient accumulation gets the same draws as one large batch, and a run
 resumed from a checkpoint repeats the draws of the run it continues.
 """
 

@@ -1,4 +1,4 @@
-"""What each `--task` trains: its network, noise schedule, loss and saved output.
+"""Training tasks: for each `--task`, its network, noise schedule, loss and saved output.
 
 A task object is built once from the parsed arguments and the training data. The training loop
 in `main` only calls `build_model`, `loss` and `save`, so every task shares the loop's
