@@ -4,7 +4,7 @@ Importing the package registers its pipelines, schedulers and models with diffus
 `DiffusionPipeline.from_pretrained` loads folders this package saved.
 """
 
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ModelMixin, SchedulerMixin
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
 from ._registration import register_with_diffusers
 from .models import NoisyClassifier

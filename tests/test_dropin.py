@@ -20,7 +20,6 @@ from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
-    DiffusionPipeline,
     DiTPipeline,
     DiTTransformer2DModel,
     StableDiffusionImg2ImgPipeline,

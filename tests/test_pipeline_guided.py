@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_unet
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from diffusers_ext import GuidedDiffusionPipeline, PosteriorScheduler

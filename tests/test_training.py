@@ -12,7 +12,6 @@ from PIL import Image
 
 import diffusers_ext  # noqa: F401
 from diffusers_ext import AnnealedLangevinScheduler, NoisyClassifier, PosteriorScheduler
-from diffusers_ext.core.parameterization import convert
 from diffusers_ext.core.weighting import loss_weight
 from diffusers_ext.training import main as training_main
 from diffusers_ext.training.args import parse_args
@@ -157,6 +156,8 @@ def test_bad_data_arguments(argv, message):
         (["--train_data_dir", "/no/such/dir", "--output_dir", "x", "--max_train_steps", "1"], "is not a directory"),
         (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--rescale_betas_zero_snr"],
          "needs --prediction_type v_prediction or sample"),
+        (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--report_to", "tensorbored"],
+         "'tensorbored' is not an accelerate tracker"),
     ],
 )  # fmt: skip
 def test_bad_flag_combinations(argv, message, capsys):
@@ -164,6 +165,17 @@ def test_bad_flag_combinations(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_report_to_uninstalled_tracker_rejected(monkeypatch, capsys):
+    """accelerate only warns about a tracker that is not installed; training must not start without its logs."""
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--report_to",
+                    "tensorboard"])  # fmt: skip
+    assert "'tensorboard': the package is not installed" in capsys.readouterr().err
 
 
 def test_training_writes_loadable_pipeline(tmp_path):

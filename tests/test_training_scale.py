@@ -19,7 +19,6 @@ import diffusers_ext  # noqa: F401
 from diffusers_ext import NoisyClassifier
 from diffusers_ext.training import main as training_main
 from diffusers_ext.training.checkpoints import (
-    TrainingPosition,
     complete_checkpoints,
     remove_partial_checkpoints,
     resolve_checkpoint,

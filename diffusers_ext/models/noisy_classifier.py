@@ -9,8 +9,10 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import get_down_block
 
+from ..hub_mixin import HubCardMixin
 
-class NoisyClassifier(ModelMixin, ConfigMixin):
+
+class NoisyClassifier(HubCardMixin, ModelMixin, ConfigMixin):
     """Classifier of noisy images: the downsampling half of a UNet2DModel and a pooled linear head.
 
     Dhariwal & Nichol 2021 (section 4.1) classify x_t with the encoder of their diffusion UNet

@@ -13,6 +13,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..core.guidance import classifier_free_guidance, rescale_guidance
+from ..hub_mixin import HubCardMixin
 from .classifier_guidance import check_classifier, guidance_gradient, scheduler_applies_gradient, shift_noise_prediction
 
 logger = logging.get_logger(__name__)
@@ -20,7 +21,7 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class GuidedDiffusionPipeline(DiffusionPipeline):
+class GuidedDiffusionPipeline(HubCardMixin, DiffusionPipeline):
     """Sampling from a `UNet2DModel` with classifier-free guidance and classifier guidance.
 
     Classifier-free guidance (Ho & Salimans 2022): the unet's class embedding has

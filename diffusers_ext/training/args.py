@@ -12,6 +12,7 @@ from diffusers.optimization import SchedulerType
 
 from ..core.schedule import BETA_SCHEDULES
 from ..core.weighting import WEIGHTINGS
+from .hub import check_hub_args
 
 TASKS = ("denoiser", "score", "classifier")
 DENOISER_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -223,7 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="Every N epochs, sample a grid, save it under <output_dir>/validation and log it; 0 disables.",
     )
     state.add_argument("--num_validation_images", type=int, default=10)
-    state.add_argument("--validation_inference_steps", type=int, default=25)
+    state.add_argument(
+        "--validation_inference_steps",
+        type=int,
+        default=25,
+        help="Sampling steps of the validation grids and of the sample grid on the Hub model card.",
+    )
+
+    hub = parser.add_argument_group("hub (see docs/hub.md)")
+    hub.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="After training, upload the output folder with a model card to the Hugging Face Hub (main process "
+        "only). The token comes from HF_TOKEN or the saved `hf auth login`; checkpoints and pickles are not uploaded.",
+    )
+    hub.add_argument(
+        "--hub_model_id",
+        default=None,
+        help="Repo id to push to: 'name' (in the token owner's namespace) or 'namespace/name'. Default: the name of "
+        "the --output_dir folder.",
+    )
+    hub.add_argument(
+        "--hub_private_repo",
+        action="store_true",
+        help="Create the repo as private; an existing repo keeps its visibility.",
+    )
     return parser
 
 
@@ -272,10 +297,32 @@ def _check_task_flags(args: argparse.Namespace) -> None:
         args.sigma_data = None
 
 
+def _check_report_to(args: argparse.Namespace) -> None:
+    """Reject a tracker that is unknown or not installed: accelerate would only warn and log nothing."""
+    if args.report_to is None:
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, _available_trackers
+
+    names = [name.strip() for name in args.report_to.split(",")]
+    available = {str(getattr(tracker, "value", tracker)) for tracker in _available_trackers}
+    for name in names:
+        if name == "all":
+            continue
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ValueError(f"--report_to {name!r} is not an accelerate tracker; choose from {sorted(LOGGER_TYPE_TO_CLASS)}.")
+        if name not in available:
+            raise ValueError(
+                f"--report_to {name!r}: the package is not installed, so nothing would be logged; "
+                f"install it (pip install {name}) or drop the flag."
+            )
+
+
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject inconsistent flags before any data is loaded or any weight is built; fill derived defaults."""
     _check_data_and_bounds(args)
     _check_task_flags(args)
+    _check_report_to(args)
+    check_hub_args(args)
     return args
 
 
