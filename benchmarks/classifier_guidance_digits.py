@@ -97,7 +97,9 @@ def render(results, args) -> str:
         "# Classifier guidance on the bundled digits",
         "",
         f"Command: `python benchmarks/classifier_guidance_digits.py --denoiser_minutes {args.denoiser_minutes:g} "
-        f"--classifier_minutes {args.classifier_minutes:g}`. {args.samples_per_class} samples per digit, "
+        f"--classifier_minutes {args.classifier_minutes:g}"
+        + (f" --cfg_pipeline {args.cfg_pipeline}" if args.cfg_pipeline else "")
+        + f"`. {args.samples_per_class} samples per digit, "
         "25 ancestral PosteriorScheduler steps. Label accuracy: the share of samples a clean digit classifier "
         f"(held-out accuracy {results['scorer_held_out_accuracy']:.1%}) reads as the requested digit.",
         "",

@@ -39,14 +39,18 @@ def sample_classes(
     """Images (N, C, H, W) in [0, 1] and labels (N,), `samples_per_class` for each class in order.
 
     One generator seeded with `seed` draws all initial noise, so two calls that differ only in
-    `guidance_scale` start from the same noise.
+    `guidance_scale` start from the same noise. An unconditional unet without classifier guidance
+    ignores the labels: it samples `len(labels)` images, so scoring them against the labels gives
+    the chance-level baseline.
     """
     labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
+    unguided = pipeline.unet.config.num_class_embeds is None and not pipeline_kwargs.get("classifier_scale")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     images = []
     for batch in labels.split(batch_size):
+        request = {"batch_size": len(batch)} if unguided else {"class_labels": batch.tolist()}
         output = pipeline(
-            batch.tolist(),
+            **request,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,
