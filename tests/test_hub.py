@@ -8,6 +8,7 @@ HF_HUB_OFFLINE=1.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -174,6 +175,27 @@ def test_bad_token_stops_before_training(token, role, message, tmp_path, monkeyp
         assert server.uploads == []
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_bad_token_stops_every_process(hub, tmp_path):
+    """Both data-parallel processes raise the main process's token error instead of waiting for it."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    # The launcher stops the other workers once one fails; polling every 5 s leaves rank 1 time
+    # to raise on its own, which the second message below shows.
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+              "--monitor_interval", "5", "-m", "diffusers_ext.train"]  # fmt: skip
+    env = hub.subprocess_env(tmp_path / "home")
+    env["HF_TOKEN"] = "hf_wrong"
+    result = subprocess.run([*launch, *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--push_to_hub"],
+                            capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+    assert result.returncode != 0
+    message = "RuntimeError: --push_to_hub: the Hub rejected the access token"
+    assert result.stderr.count(message) == 2, result.stderr[-3000:]
+    assert [request.path for request in hub.requests] == ["/api/whoami-v2"]
+    assert not (tmp_path / "run").exists()
 
 
 # --- training with --push_to_hub ----------------------------------------------------------

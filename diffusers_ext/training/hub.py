@@ -3,9 +3,10 @@
 The checks run in two stages before training. `check_hub_args` runs on every process inside
 `parse_args` and needs no network: repo id syntax, offline mode, presence of a token.
 `resolve_hub_repo_id` runs on the main process and makes one `whoami` call, which rejects an
-invalid or read-only token and supplies the namespace of a bare repo name. After `task.save`, the
-main process calls `push_training_output`. It writes the model card and sample grid into the output
-folder, creates the repo (`exist_ok=True`) and uploads the folder without checkpoints and pickles.
+invalid or read-only token and supplies the namespace of a bare repo name. `check_hub_access`
+raises its error on every process. After `task.save`, the main process calls
+`push_training_output`. It writes the model card and sample grid into the output folder, creates
+the repo (`exist_ok=True`) and uploads the folder without checkpoints and pickles.
 
 The token is the one huggingface_hub finds itself (HF_TOKEN, then the saved `hf auth login`).
 There is deliberately no token flag, because every flag is written to `training_args.json`,
@@ -16,6 +17,7 @@ import os
 from typing import Optional
 
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
@@ -92,6 +94,28 @@ def resolve_hub_repo_id(repo_id: str, api: Optional[HfApi] = None) -> str:
     if "/" in repo_id:
         return repo_id
     return f"{user['name']}/{repo_id}"
+
+
+def check_hub_access(accelerator, args) -> Optional[str]:
+    """Run `resolve_hub_repo_id` on the main process and raise its error on every process.
+
+    Returns the namespace/name repo id on the main process and None on the others (and without
+    --push_to_hub). A single error on the main process would leave the other processes of a
+    multi-machine run waiting in their first collective call, so the outcome is broadcast.
+    """
+    if not args.push_to_hub:
+        return None
+    outcome = [None, None]  # [repo id, error message]
+    if accelerator.is_main_process:
+        try:
+            outcome = [resolve_hub_repo_id(args.hub_model_id), None]
+        except RuntimeError as error:
+            outcome = [None, str(error)]
+    if accelerator.num_processes > 1:
+        outcome = broadcast_object_list(outcome, from_process=0)
+    if outcome[1] is not None:
+        raise RuntimeError(outcome[1])
+    return outcome[0] if accelerator.is_main_process else None
 
 
 def push_training_output(args, repo_id: str, global_step: int, device="cpu") -> CommitInfo:

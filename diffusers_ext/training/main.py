@@ -23,7 +23,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .data import EpochShuffleSampler, IndexedDataset, collate, prepare_training_data
-from .hub import push_training_output, resolve_hub_repo_id
+from .hub import check_hub_access, push_training_output
 from .monitoring import LevelLossMeter, TrainingLog, log_validation_images, replicas_in_sync
 from .precision import check_mixed_precision
 from .randomness import ExampleRandomness
@@ -101,10 +101,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     accelerator = build_accelerator(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    hub_repo_id = None
+    hub_repo_id = check_hub_access(accelerator, args)  # rejects a bad token before any work
     if accelerator.is_main_process:
-        if args.push_to_hub:
-            hub_repo_id = resolve_hub_repo_id(args.hub_model_id)  # rejects a bad token before any work
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
