@@ -1,4 +1,5 @@
 import os
+import socket
 
 # Tests never reach the Hub; fail fast instead of waiting on network timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,18 @@ from diffusers import UNet2DModel  # noqa: E402
 
 # Each xdist worker runs single-threaded so that two workers on two cores do not oversubscribe.
 torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free now.
+
+    Multi-process tests pass it as accelerate's --main_process_port. Two such tests running at once
+    under pytest-xdist would otherwise both rendezvous on the default port 29500 and join each
+    other's process group.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def make_tiny_unet(num_class_embeds=4, channels=1, out_channels=None, sample_size=8, seed=0) -> UNet2DModel:

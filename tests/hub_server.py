@@ -71,15 +71,24 @@ class HubError(Exception):
 class LoopbackHub:
     """A threaded HTTP server on 127.0.0.1 and a free port, serving model repos from `root`.
 
-    `token` is the only token accepted and `token_role` is the role whoami reports for it. Every
+    `token` is the only token accepted and `token_role` is the role whoami reports for it. The user
+    belongs to the organizations in `orgs`, which maps each name to the user's role in it. Every
     request is appended to `requests`, every created repo's payload to `created`, every upload
     to `uploads`.
     """
 
-    def __init__(self, root, token: str = "hf_loopback_write_token", user: str = "user", token_role: str = "write"):
+    def __init__(
+        self,
+        root,
+        token: str = "hf_loopback_write_token",
+        user: str = "user",
+        token_role: str = "write",
+        orgs: Optional[Dict[str, str]] = None,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.token, self.user, self.token_role = token, user, token_role
+        self.orgs = dict(orgs or {})  # organization name: the user's role in it
         self.requests: List[RecordedRequest] = []
         self.created: Dict[str, dict] = {}
         self.private: set = set()
@@ -167,13 +176,18 @@ class LoopbackHub:
     def whoami(self, authorization: Optional[str]) -> dict:
         if not self.has_valid_token(authorization):
             raise HubError(401, None, "Invalid credentials in Authorization header")
-        return {"type": "user", "name": self.user, "auth": {"accessToken": {"displayName": "test", "role": self.token_role}}}
+        return {
+            "type": "user",
+            "name": self.user,
+            "orgs": [{"type": "org", "name": name, "roleInOrg": role} for name, role in self.orgs.items()],
+            "auth": {"accessToken": {"displayName": "test", "role": self.token_role}},
+        }
 
     def create_repo(self, authorization: Optional[str], payload: dict) -> dict:
         if not self.has_valid_token(authorization) or self.token_role == "read":
             raise HubError(401, None, "Invalid credentials in Authorization header")
         namespace = payload.get("organization") or self.user
-        if namespace != self.user:
+        if namespace != self.user and self.orgs.get(namespace) not in ("admin", "write", "contributor"):
             raise HubError(403, None, f"You don't have the rights to create a model under the namespace {namespace!r}")
         repo_id = f"{namespace}/{payload['name']}"
         if self.repo_path(repo_id).is_dir():

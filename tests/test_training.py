@@ -158,6 +158,8 @@ def test_bad_data_arguments(argv, message):
          "needs --prediction_type v_prediction or sample"),
         (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--report_to", "tensorbored"],
          "'tensorbored' is not an accelerate tracker"),
+        (["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--report_to", "tensorboard,all"],
+         "'all' already means every installed tracker"),
     ],
 )  # fmt: skip
 def test_bad_flag_combinations(argv, message, capsys):
@@ -165,6 +167,12 @@ def test_bad_flag_combinations(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,expected", [("none", None), ("None", None), (" tensorboard ,", "tensorboard")])
+def test_report_to_normalized(value, expected):
+    args = parse_args(["--dataset_name", "mnist-5k", "--output_dir", "x", "--max_train_steps", "1", "--report_to", value])
+    assert args.report_to == expected
 
 
 def test_report_to_uninstalled_tracker_rejected(monkeypatch, capsys):
@@ -246,6 +254,15 @@ def test_accelerate_launch_console_script(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model_index.json").exists()
     assert "denoiser saved to" in result.stderr
+
+
+def test_console_script_exit_status(tmp_path):
+    """A successful run exits with status 0: setuptools' wrapper exits with the entry point's return value."""
+    script = os.path.join(os.path.dirname(sys.executable), "diffusers-ext-train")
+    result = subprocess.run([script, *tiny_args(tmp_path / "run")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model_index.json").exists()
 
 
 def test_console_script_help():

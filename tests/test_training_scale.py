@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from diffusers import DiffusionPipeline, UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
@@ -175,9 +176,9 @@ def test_two_processes_match_single_process(tmp_path):
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-              "-m", "diffusers_ext.train"]  # fmt: skip
+              "--main_process_port", str(free_port()), "-m", "diffusers_ext.train"]  # fmt: skip
     result = subprocess.run([*launch, *digits_args(tmp_path / "two", batch=8, steps=4)], capture_output=True,
-                            text=True, env=single_thread_env(), timeout=600)  # fmt: skip
+                            text=True, env=single_thread_env(), timeout=240)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "parameters identical on all 2 processes" in result.stderr
     assert "2 process(es)" in result.stderr

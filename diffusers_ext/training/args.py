@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
     optim.add_argument("--logging_steps", type=int, default=50, help="Log the loss every N steps.")
     optim.add_argument(
-        "--report_to", default=None, help="An accelerate tracker such as 'tensorboard'; none by default."
+        "--report_to",
+        default=None,
+        help="Comma-separated accelerate trackers, such as 'tensorboard' or 'tensorboard,wandb'; 'all' for every "
+        "installed one. With 'none' (the default) the loss goes to train_log.jsonl only.",
     )
 
     state = parser.add_argument_group("checkpoints and validation")
@@ -298,13 +301,22 @@ def _check_task_flags(args: argparse.Namespace) -> None:
 
 
 def _check_report_to(args: argparse.Namespace) -> None:
-    """Reject a tracker that is unknown or not installed: accelerate would only warn and log nothing."""
-    if args.report_to is None:
+    """Reject a tracker that is unknown or not installed, because accelerate would only warn and log nothing.
+
+    Normalizes `args.report_to` to None ("none" or no flag) or a comma-separated list of names.
+    """
+    if args.report_to is None or args.report_to.strip().lower() == "none":
+        args.report_to = None
         return
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, _available_trackers
 
-    names = [name.strip() for name in args.report_to.split(",")]
+    names = [name.strip() for name in args.report_to.split(",") if name.strip()]
     available = {str(getattr(tracker, "value", tracker)) for tracker in _available_trackers}
+    if "all" in names:
+        if len(names) > 1:
+            raise ValueError(f"--report_to {args.report_to!r}: 'all' already means every installed tracker; pass it alone.")
+        if not available:
+            raise ValueError("--report_to all: no accelerate tracker is installed; install one (pip install tensorboard).")
     for name in names:
         if name == "all":
             continue
@@ -315,6 +327,7 @@ def _check_report_to(args: argparse.Namespace) -> None:
                 f"--report_to {name!r}: the package is not installed, so nothing would be logged; "
                 f"install it (pip install {name}) or drop the flag."
             )
+    args.report_to = ",".join(names)
 
 
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:

