@@ -17,6 +17,7 @@ import os
 import time
 
 from diffusers import DiffusionPipeline
+from results_io import result_path, write_results
 
 import diffusers_ext  # noqa: F401
 from diffusers_ext import NoisyClassifier
@@ -24,7 +25,6 @@ from diffusers_ext.evaluation.class_grid import class_rows_grid, reference_digit
 from diffusers_ext.evaluation.digit_classifier import label_accuracy, train_digit_classifier
 from diffusers_ext.training import main as training_main
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -83,13 +83,8 @@ def main():
         conditional.set_progress_bar_config(disable=True)
         results["cfg_scale_1"], _ = measure(conditional, scorer, (0.0, 1.0, 2.0), 1.0, args.samples_per_class)
 
-    os.makedirs(RESULTS, exist_ok=True)
-    side_by_side(panels, titles).save(os.path.join(RESULTS, "classifier_guidance_digits.png"))
-    with open(os.path.join(RESULTS, "classifier_guidance_digits.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(RESULTS, "classifier_guidance_digits.md"), "w") as handle:
-        handle.write(render(results, args))
-    print(render(results, args))
+    side_by_side(panels, titles).save(result_path("classifier_guidance_digits.png"))
+    write_results("classifier_guidance_digits", results, render(results, args))
 
 
 def render(results, args) -> str:

@@ -25,8 +25,8 @@ import diffusers_ext  # noqa: F401
 from diffusers_ext import GuidedDiffusionPipeline, PosteriorScheduler, PredictorCorrectorScheduler
 from diffusers_ext.evaluation.gaussian_mixture import GaussianMixtureScoreModel
 from diffusers_ext.evaluation.metrics import sliced_wasserstein
+from results_io import result_path, write_results
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 BUDGETS = (25, 50, 100)
 
 
@@ -106,14 +106,14 @@ def main():
     parser.add_argument("--render_only", action="store_true", help="Rewrite the .md from the saved .json.")
     args = parser.parse_args()
     if args.render_only:
-        with open(os.path.join(RESULTS, "pc_vs_predictor.json")) as handle:
+        with open(result_path("pc_vs_predictor.json")) as handle:
             results = json.load(handle)
         args.num_samples, args.seeds, args.sweep = results["num_samples"], results["seeds"], True
         for rows in results["mixtures"].values():
             for label, values in rows.items():
                 if label != "floor":
                     rows[label] = {int(budget): value for budget, value in values.items()}
-        with open(os.path.join(RESULTS, "pc_vs_predictor.md"), "w") as handle:
+        with open(result_path("pc_vs_predictor.md"), "w") as handle:
             handle.write(render(results, args))
         return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -140,12 +140,7 @@ def main():
         results["mixtures"][name] = rows
     results["seconds"] = time.monotonic() - start
 
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "pc_vs_predictor.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(RESULTS, "pc_vs_predictor.md"), "w") as handle:
-        handle.write(render(results, args))
-    print(render(results, args))
+    write_results("pc_vs_predictor", results, render(results, args))
 
 
 def render(results, args) -> str:

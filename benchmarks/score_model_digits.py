@@ -9,14 +9,14 @@ the figures to benchmarks/results/score_model_digits.png and score_model_digits_
 """
 
 import argparse
-import json
 import os
 import time
+
+from results_io import result_path, write_results
 
 from diffusers_ext.evaluation import class_grid
 from diffusers_ext.training import main as training_main
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def main():
@@ -39,8 +39,7 @@ def main():
         )  # fmt: skip
     training_seconds = time.monotonic() - start
 
-    os.makedirs(RESULTS, exist_ok=True)
-    grid = os.path.join(RESULTS, "score_model_digits.png")
+    grid = result_path("score_model_digits.png")
     metrics = class_grid.main(
         [
             "--pipeline", args.output_dir, "--guidance_scales", "1", "3", "--num_inference_steps", str(args.num_levels),
@@ -48,9 +47,7 @@ def main():
         ]
     )  # fmt: skip
     metrics.update(training_seconds=training_seconds, train_minutes=args.train_minutes)
-    with open(os.path.join(RESULTS, "score_model_digits_metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    print(json.dumps(metrics, indent=2))
+    write_results("score_model_digits_metrics", metrics)
 
 
 if __name__ == "__main__":

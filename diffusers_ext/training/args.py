@@ -308,6 +308,7 @@ def _check_report_to(args: argparse.Namespace) -> None:
     if args.report_to is None or args.report_to.strip().lower() == "none":
         args.report_to = None
         return
+    # NOTE: `_available_trackers` (accelerate 1.16) is private. It lists the trackers whose package imports.
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, _available_trackers
 
     names = [name.strip() for name in args.report_to.split(",") if name.strip()]

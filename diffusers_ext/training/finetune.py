@@ -25,6 +25,19 @@ def _subfolder_exists(path: str, subfolder: str) -> bool:
     return not os.path.isdir(path) or os.path.isdir(os.path.join(path, subfolder))
 
 
+def rebuild_with_config(model, resized_prefix: str, **changes):
+    """Build a fresh model of the same class with `changes` to its config, holding `model`'s weights.
+
+    The parameters whose names start with `resized_prefix` change shape, so they keep the new
+    model's initialisation and the caller fills them.
+    """
+    config = {key: value for key, value in model.config.items() if not key.startswith("_")}
+    adapted = type(model).from_config({**config, **changes})
+    state = {name: value for name, value in model.state_dict().items() if not name.startswith(resized_prefix)}
+    adapted.load_state_dict(state, strict=False)
+    return adapted
+
+
 def load_pretrained_unet(path: str, num_channels: int, num_classes: Optional[int], resolution: int) -> UNet2DModel:
     """Load the `unet` of a saved pipeline (local folder or Hub id), adapted to `num_classes` (+1 null class)."""
     subfolder = "unet" if _subfolder_exists(path, "unet") else None
@@ -51,12 +64,7 @@ def adapt_class_embedding(unet: UNet2DModel, num_classes: Optional[int]) -> UNet
     if old_rows == new_rows:
         return unet
 
-    config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
-    config["num_class_embeds"] = new_rows
-    adapted = UNet2DModel.from_config(config)
-    state = {k: v for k, v in unet.state_dict().items() if not k.startswith("class_embedding.")}
-    adapted.load_state_dict(state, strict=False)
-
+    adapted = rebuild_with_config(unet, "class_embedding.", num_class_embeds=new_rows)
     with torch.no_grad():
         table = adapted.class_embedding.weight
         if old_rows is None:
@@ -87,11 +95,7 @@ def load_pretrained_classifier(path: str, num_channels: int, num_classes: int, r
     if old_classes == num_classes:
         return classifier
 
-    config = {key: value for key, value in classifier.config.items() if not key.startswith("_")}
-    config["num_classes"] = num_classes
-    adapted = NoisyClassifier.from_config(config)
-    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("head.4.")}
-    adapted.load_state_dict(state, strict=False)
+    adapted = rebuild_with_config(classifier, "head.4.", num_classes=num_classes)
     with torch.no_grad():
         old_layer, new_layer = classifier.head[-1], adapted.head[-1]
         shared = min(old_classes, num_classes)

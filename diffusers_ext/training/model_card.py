@@ -64,33 +64,24 @@ def card_tags(task: str, num_classes: Optional[int]) -> List[str]:
     return tags
 
 
-def hub_base_model(pretrained: Optional[str]) -> Optional[str]:
-    """Return `pretrained` if it names a Hub repo, or None for no base model or a local folder.
+def hub_repo_id(name: Optional[str]) -> Optional[str]:
+    """Return `name` if it is a valid Hub repo id and not an existing local path, else None.
 
-    The Hub reads `base_model` as a repo id, so a local path never goes into the metadata.
+    The Hub links `base_model` and `datasets` entries to repo pages, so local paths stay out of them.
     """
-    if pretrained is None or os.path.isdir(pretrained):
-        return None
-    try:
-        validate_repo_id(pretrained)
-    except HFValidationError:
-        return None
-    return pretrained
-
-
-def hub_dataset(training_args: dict) -> Optional[str]:
-    """Return --dataset_name if it names a Hub dataset; None for the bundled digits, a local path or a folder of images.
-
-    The Hub links each entry of the card's `datasets` to a dataset page, so only repo ids go there.
-    """
-    name = training_args.get("dataset_name")
-    if name is None or name == MNIST_5K or os.path.exists(name):
+    if name is None or os.path.exists(name):
         return None
     try:
         validate_repo_id(name)
     except HFValidationError:
         return None
     return name
+
+
+def hub_dataset(training_args: dict) -> Optional[str]:
+    """Return --dataset_name if it names a Hub dataset; None for the bundled digits, a local path or an image folder."""
+    name = training_args.get("dataset_name")
+    return None if name == MNIST_5K else hub_repo_id(name)
 
 
 def dataset_label(training_args: dict) -> str:
@@ -223,7 +214,7 @@ def training_summary(training_args: dict, global_step: int) -> str:
     ]
     pretrained = training_args.get("pretrained_model_name_or_path")
     if pretrained:
-        where = f"`{pretrained}`" if hub_base_model(pretrained) else f"the local folder `{pretrained}`"
+        where = f"`{pretrained}`" if hub_repo_id(pretrained) else f"the local folder `{pretrained}`"
         lines.append(f"- Fine-tuned from {where}.")
     lines.append(
         "- Training checkpoints and pickle files (`.bin`, `.pt`, `.pth`, `.pkl`, `.pickle`, `.ckpt`) are not uploaded."
@@ -246,11 +237,12 @@ def build_model_card(
     content of a classifier's `accuracy_by_noise_level.json`.
     """
     task = training_args["task"]
+    dataset = hub_dataset(training_args)
     data = ModelCardData(
         library_name="diffusers",
         tags=card_tags(task, num_classes),
-        base_model=hub_base_model(training_args.get("pretrained_model_name_or_path")),
-        datasets=[hub_dataset(training_args)] if hub_dataset(training_args) else None,
+        base_model=hub_repo_id(training_args.get("pretrained_model_name_or_path")),
+        datasets=[dataset] if dataset else None,
     )
     sections = [
         f"# {repo_id}",
